@@ -1,0 +1,3 @@
+"""discorep: object discovery + object representation for self-supervised pretraining."""
+
+__version__ = "0.1.0"
