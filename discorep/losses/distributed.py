@@ -1,0 +1,109 @@
+"""torch.distributed helpers for losses; every function is the identity when not initialised.
+
+Gathers accept tensors whose first dimension differs between ranks (e.g. a short last batch): shapes
+are exchanged first, tensors padded to the largest, gathered, and the padding dropped again.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+class WorldInfo(NamedTuple):
+    rank: int
+    world_size: int
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_info() -> WorldInfo:
+    """(rank, world_size); (0, 1) when torch.distributed is not initialised."""
+    if not is_distributed():
+        return WorldInfo(0, 1)
+    return WorldInfo(dist.get_rank(), dist.get_world_size())
+
+
+def _gather_sizes(x: Tensor) -> list[int]:
+    """First-dimension sizes of `x` on every rank; clear error if the trailing dimensions differ."""
+    world = dist.get_world_size()
+    shape = torch.tensor([x.ndim, *x.shape], dtype=torch.int64, device=x.device)
+    shape = torch.nn.functional.pad(shape, (0, 8 - shape.numel())) if shape.numel() < 8 else shape
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    rows = [s.tolist() for s in shapes]
+    if any(r[0] != rows[0][0] or r[2:] != rows[0][2:] for r in rows):
+        raise ValueError(f"all_gather needs equal trailing shapes on every rank; got "
+                         f"{[tuple(r[1:r[0] + 1]) for r in rows]} (ndim <= 7 supported)")
+    return [r[1] for r in rows]
+
+
+def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
+    """all_gather of `x` (padded along dim 0 to max(sizes)), concatenated with the padding removed."""
+    top = max(sizes)
+    x = x.contiguous()
+    if x.shape[0] < top:
+        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+def gather_with_sizes(x: Tensor) -> tuple[Tensor, list[int]]:
+    """(concatenation over ranks along dim 0 without gradient, each rank's dim-0 size)."""
+    if not is_distributed():
+        return x.detach(), [x.shape[0]]
+    if x.ndim > 7 or x.ndim == 0:
+        raise ValueError(f"all_gather supports 1 to 7 dims, got shape {tuple(x.shape)}")
+    with torch.no_grad():
+        sizes = _gather_sizes(x)
+        return _gather_padded(x.detach(), sizes), sizes
+
+
+def all_gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenation over ranks along dim 0, without gradient (for stop-gradient targets)."""
+    return gather_with_sizes(x)[0]
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Forward: gather + cat along dim 0. Backward: this rank's slice of the summed gradient.
+
+    Every rank's loss may depend on every slice, so d(Σ_r L_r)/dx_rank = Σ_r (dL_r/dcat)[rank slice].
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        sizes = _gather_sizes(x)
+        rank = dist.get_rank()
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        return _gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start:ctx.stop]
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenation over ranks along dim 0 that passes gradients back to each rank's own slice."""
+    if not is_distributed():
+        return x
+    if x.ndim > 7 or x.ndim == 0:
+        raise ValueError(f"all_gather supports 1 to 7 dims, got shape {tuple(x.shape)}")
+    return _AllGatherWithGrad.apply(x)
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum over ranks (a new tensor; the input is untouched). Identity when not initialised."""
+    if not is_distributed():
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
