@@ -1,0 +1,209 @@
+"""Checkpoints: atomic saves, safe loads (``weights_only``), run-directory layout, RNG state.
+
+Layout: ``run_dir/checkpoints/step_00001234.pt``. A checkpoint is only ever visible under its final name
+once completely written (temp file + fsync + ``os.replace``), so `latest_checkpoint` never sees a torn file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+_NAME_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------- layout
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """``run_dir/checkpoints/step_{step:08d}.pt``."""
+    if step < 0:
+        raise ValueError(f"checkpoint step must be >= 0, got {step}")
+    return Path(run_dir) / "checkpoints" / f"step_{int(step):08d}.pt"
+
+
+def _list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of complete checkpoints in ``directory``, oldest first; temp files never match."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _NAME_RE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """The checkpoint with the highest step in ``run_dir/checkpoints``, or None if there is none."""
+    found = _list_checkpoints(Path(run_dir) / "checkpoints")
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int = 3) -> list[Path]:
+    """Delete all but the ``keep_last`` highest-step checkpoints; returns the deleted paths."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 (the newest checkpoint is never deleted), got {keep_last}")
+    found = _list_checkpoints(Path(run_dir) / "checkpoints")
+    removed = []
+    for _, path in found[:-keep_last]:
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------- save / load
+
+
+def _previous_checkpoint(path: Path) -> Optional[Path]:
+    """The checkpoint a failed save leaves in place: ``path`` itself, else the newest in its folder."""
+    if path.is_file():
+        return path
+    found = _list_checkpoints(path.parent)
+    return found[-1][1] if found else None
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not every platform/filesystem allows opening a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(data: memoryview, path: Path) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Atomically save ``state`` (tensors and plain containers only) to ``path``; returns the path.
+
+    The state is serialised in memory first, so an unpicklable object fails before the disk is touched
+    and a disk error (e.g. ENOSPC) cannot leave a half-written file: the temp file is removed and the
+    previous checkpoint stays intact.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+    except (pickle.PicklingError, TypeError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot serialise the checkpoint state for {path}: {exc}") from exc
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(buffer.getbuffer(), path)
+    except OSError as exc:
+        previous = _previous_checkpoint(path)
+        kept = (f"the previous checkpoint {previous} is intact" if previous
+                else "no earlier checkpoint existed; nothing was overwritten")
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}. "
+            "Free disk space or fix permissions and resume."
+        ) from exc
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: it never executes code stored in the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check --resume or the run directory)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise CheckpointError(
+                f"{path} is not a discorep checkpoint or contains code; refusing to execute it"
+            ) from None
+        raise CheckpointError(f"{path} is truncated or corrupted ({_first_line(exc)}); "
+                              "delete it to resume from an earlier checkpoint") from None
+    except Exception as exc:  # zip/EOF/storage errors of a truncated or foreign file
+        raise CheckpointError(f"{path} is truncated or corrupted ({_first_line(exc)}); "
+                              "delete it to resume from an earlier checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a discorep checkpoint (top level is {type(state).__name__}, not dict)")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# -------------------------------------------------------------------------------------------- RNG state
+
+
+def get_rng_state() -> dict:
+    """RNG states of python ``random``, numpy's global generator, torch CPU and every CUDA device.
+
+    Stored as tensors and plain types so that `load_checkpoint` (``weights_only``) can read them.
+    """
+    version, mt, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss": None if gauss is None else float(gauss)},
+        "numpy": {"kind": str(np_kind), "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `get_rng_state` returned; CUDA states are restored for the devices present."""
+    try:
+        py, npy = state["python"], state["numpy"]
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+        keys = npy["keys"].numpy().astype(np.uint32)
+        np.random.set_state((npy["kind"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["gauss"])))
+        torch.set_rng_state(state["torch"].to(dtype=torch.uint8, device="cpu"))
+        cuda_states = list(state.get("cuda", []))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"the checkpoint's RNG state is malformed ({_first_line(exc)})") from None
+    _set_cuda_states(cuda_states)
+
+
+def _set_cuda_states(cuda_states: list) -> None:
+    if not cuda_states or not torch.cuda.is_available():
+        return
+    count = torch.cuda.device_count()
+    if len(cuda_states) != count:
+        warnings.warn(f"checkpoint has RNG states for {len(cuda_states)} CUDA devices, this machine has "
+                      f"{count}; restoring the first {min(count, len(cuda_states))}", stacklevel=3)
+    for device, s in enumerate(cuda_states[:count]):
+        torch.cuda.set_rng_state(s.to(dtype=torch.uint8, device="cpu"), device)
