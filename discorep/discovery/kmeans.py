@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from discorep.discovery.random import hash32, uniform
+
 __all__ = ["KMeansResult", "batched_kmeans", "pooled_kmeans"]
 
 
@@ -84,14 +86,37 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _sample_weighted(weights: Tensor, num: int, gen: torch.Generator) -> Tensor:
+class _Uniform:
+    """Uniform draws for R rows: one shared torch.Generator (int seed), or per-row counter-based
+    streams (a (R,) tensor of seeds, `discovery.random`) so that a row's draws never depend on the
+    other rows — an image then gets the same clusters whatever batch it is in."""
+
+    def __init__(self, seed: int | Tensor, rows: int, n_init: int, device: torch.device):
+        self.counter = 0
+        self.seeds = None
+        if isinstance(seed, Tensor):
+            per_image = seed.to(device=device, dtype=torch.int64).repeat_interleave(n_init)
+            init_idx = torch.arange(n_init, device=device).repeat(rows // n_init)
+            self.seeds = hash32(per_image + init_idx * 0x632BE5AB)
+        else:
+            self.gen = torch.Generator(device=device).manual_seed(int(seed))
+        self.device = device
+
+    def __call__(self, rows: int, num: int) -> Tensor:
+        if self.seeds is None:
+            return torch.rand(rows, num, generator=self.gen, device=self.device)
+        self.counter += 1
+        return uniform(self.seeds, num, self.counter)
+
+
+def _sample_weighted(weights: Tensor, num: int, gen: _Uniform) -> Tensor:
     """Draw `num` indices per row ∝ weights (R, N) by inverse-CDF sampling (with replacement).
 
     Rows whose weights are all zero are assumed to have been given a fallback by the caller. A draw
     landing on a zero-weight index (float round-off at the top of the CDF) is moved to the row's argmax.
     """
     cdf = weights.cumsum(-1)
-    u = torch.rand(weights.shape[0], num, generator=gen, device=weights.device) * cdf[:, -1:]
+    u = gen(weights.shape[0], num) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).clamp_(max=weights.shape[1] - 1)
     bad = weights.gather(1, idx) <= 0
     return torch.where(bad, weights.argmax(-1, keepdim=True).expand_as(idx), idx)
@@ -110,7 +135,7 @@ def _d2_weights(closest: Tensor, validf: Tensor) -> Tensor:
     return torch.where(dead, torch.ones_like(w), w)
 
 
-def _kmeanspp_init(x: Tensor, x2: Tensor, validf: Tensor, K: int, gen: torch.Generator) -> Tensor:
+def _kmeanspp_init(x: Tensor, x2: Tensor, validf: Tensor, K: int, gen: _Uniform) -> Tensor:
     """Greedy k-means++ (Arthur & Vassilvitskii 2007): D² sampling of L = 2 + ⌊ln K⌋ candidates per step,
     keeping the one that lowers the potential most. The K steps are sequential by nature; each step is
     vectorised over the whole batch. Returns centroids (R, K, D), each a copy of a point of x.
@@ -172,8 +197,13 @@ def _reseed_empty(x: Tensor, x2: Tensor, centroids: Tensor, empty: Tensor, dmin:
 
 
 def _lloyd(x: Tensor, valid: Tensor, centroids: Tensor, iters: int, tol: float) -> tuple[Tensor, int]:
-    """Lloyd iterations; no Python loop over images or clusters. Returns (centroids, n_iter)."""
+    """Lloyd iterations; no Python loop over images or clusters. Returns (centroids, n_iter).
+
+    Convergence is per image: an image whose centroids moved ≤ tol is frozen, so its result does not
+    depend on how long the other images of the batch take.
+    """
     validf = valid.to(x.dtype)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x2 = _sqnorm(x)
     K = centroids.shape[1]
     n_iter = 0
@@ -186,9 +216,10 @@ def _lloyd(x: Tensor, valid: Tensor, centroids: Tensor, iters: int, tol: float) 
             # Exact ‖x − c‖² (not the expansion) so points sitting on a centroid read 0.
             dmin = _sqnorm(x - _gather_rows(centroids, labels))
             new = _reseed_empty(x, x2, new, empty, dmin, valid)
-        shift = (new - centroids).norm(dim=-1).max()
-        centroids = new
-        if shift.item() <= tol:
+        shift = (new - centroids).norm(dim=-1).amax(-1)  # (R,)
+        centroids = torch.where(active[:, None, None], new, centroids)
+        active = active & (shift > tol)
+        if not bool(active.any()):
             break
     return centroids, n_iter
 
@@ -214,14 +245,16 @@ def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, 
 
 @torch.no_grad()
 def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int = 50,
-                   tol: float = 1e-4, seed: int = 0, normalize: bool = True, n_init: int = 1) -> KMeansResult:
+                   tol: float = 1e-4, seed: int | Tensor = 0, normalize: bool = True,
+                   n_init: int = 1) -> KMeansResult:
     """K-means on B independent point sets at once.
 
     x: (B, N, D) any float dtype (computed in float32); valid: (B, N) bool or None (all valid).
     Greedy k-means++ init with a seeded generator on x's device, then Lloyd until the largest centroid
     shift over the batch is ≤ tol or `iters` iterations. Empty clusters are re-seeded on far points.
     With n_init > 1 the n_init initialisations run as one batch of B·n_init problems and the lowest
-    inertia per image is kept. Same inputs and seed → identical result.
+    inertia per image is kept. Same inputs and seed → identical result. `seed` may be a (B,) int64
+    tensor of per-image seeds: each image's result is then independent of the rest of the batch.
     """
     _validate(x, K, valid, iters, tol, n_init)
     B, N, D = x.shape
@@ -232,7 +265,9 @@ def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int
     pts, valid = _prepare(x, valid, normalize)
     if n_init > 1:
         pts, valid = pts.repeat_interleave(n_init, 0), valid.repeat_interleave(n_init, 0)
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+    if isinstance(seed, Tensor) and seed.shape != (B,):
+        raise ValueError(f"seed must be an int or a ({B},) tensor of per-image seeds, got shape {tuple(seed.shape)}")
+    gen = _Uniform(seed, pts.shape[0], n_init, x.device)
     centroids = _kmeanspp_init(pts, _sqnorm(pts), valid.to(pts.dtype), K, gen)
     centroids, n_iter = _lloyd(pts, valid, centroids, iters, tol)
     labels, inertia = _assign(pts, valid, centroids)

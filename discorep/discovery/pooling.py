@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from discorep.discovery.random import uniform
+
 __all__ = ["mask_pool", "sample_mask_ids", "AREA_EPS"]
 
 # Areas are clamped to this before dividing: an empty mask then pools to an exact zero vector.
@@ -40,14 +42,16 @@ def mask_pool(features: Tensor, masks: Tensor) -> Tensor:
     return (summed.float() / area.unsqueeze(-1)).to(features.dtype)
 
 
-def sample_mask_ids(present: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_mask_ids(present: Tensor, num_samples: int, generator: torch.Generator | None = None, *,
+                    seeds: Tensor | None = None) -> Tensor:
     """Sample `num_samples` mask ids per image uniformly among its present masks (DetCon §3).
 
     present: (B, M) bool. Returns (B, S) int64. Without replacement when an image has ≥ S present
     masks; otherwise all its present masks (random order) and the rest drawn with replacement among
     them. An image with no present mask gets ids 0; callers mark those invalid via
     `present.gather(1, ids)`. The same ids serve the online and target networks. Deterministic given
-    `generator` (which must live on present's device).
+    `generator` (which must live on present's device), or — with `seeds`, a (B,) int64 tensor — from
+    per-image counter-based streams, so an image's draw does not depend on its batch neighbours.
     """
     if not isinstance(present, Tensor) or present.dim() != 2 or present.dtype != torch.bool:
         raise ValueError(f"present must be a (B, M) bool tensor, got "
@@ -58,12 +62,19 @@ def sample_mask_ids(present: Tensor, num_samples: int, generator: torch.Generato
     if M == 0:
         raise ValueError("present has M = 0 masks; there is no id to sample")
     dev = present.device
-    keys = torch.rand(B, M, generator=generator, device=dev).masked_fill(~present, -1.0)
+    if seeds is not None:
+        if seeds.shape != (B,):
+            raise ValueError(f"seeds must have shape ({B},), got {tuple(seeds.shape)}")
+        draws = (uniform(seeds.to(dev), M, 0), uniform(seeds.to(dev), num_samples, 1))
+    else:
+        draws = (torch.rand(B, M, generator=generator, device=dev),
+                 torch.rand(B, num_samples, generator=generator, device=dev))
+    keys = draws[0].masked_fill(~present, -1.0)
     # Present ids first, in uniformly random order (random keys → random permutation).
     order = keys.argsort(dim=1, descending=True, stable=True)  # (B, M)
     n = present.sum(1, keepdim=True)  # (B, 1)
     pos = torch.arange(num_samples, device=dev).expand(B, -1)
-    extra = (torch.rand(B, num_samples, generator=generator, device=dev) * n).long()
+    extra = (draws[1] * n).long()
     extra = torch.minimum(extra, (n - 1).clamp(min=0))  # guard rand·n rounding up to n
     idx = torch.where(pos < n, pos, extra).clamp(max=M - 1)
     ids = order.gather(1, idx)

@@ -129,6 +129,10 @@ class Encoder(nn.Module):
         self.fpn: FeaturePyramidNetwork | None = None
         if fpn:
             self.fpn = FeaturePyramidNetwork([pyramid[k] for k in ("c2", "c3", "c4", "c5")], fpn_dim)
+            # Only P2 is used (Odin §3.1): the coarser levels' 3×3 output convs would be dead
+            # parameters (never trained, and DDP would have to search for unused parameters).
+            for level in range(1, 4):
+                self.fpn.layer_blocks[level] = nn.Identity()
             self.channels["fpn"] = fpn_dim
             self.strides["fpn"] = 4
 

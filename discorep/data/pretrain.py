@@ -1,0 +1,127 @@
+"""The pretraining data stream: (image, views, prior) samples, a resumable sampler, and batching.
+
+Determinism is by construction: sample `i` of epoch `e` is augmented with a generator seeded from
+(seed, e, i), and the sampler's order is a function of (seed, e). So a run resumed at step s sees
+exactly the batches an uninterrupted run sees, whatever the number of data-loader workers, and a
+2-process run with batch b sees the same images as a 1-process run with batch 2b.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from discorep.data.images import BadImageError, load_rgb
+from discorep.data.views import ViewSampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A stable 63-bit seed for one sample's augmentations."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class PretrainDataset(Dataset):
+    """Items are `(index, seed)` pairs from `ResumableBatchSampler`; returns one view dict or a skip."""
+
+    def __init__(self, paths: Sequence[Path], views: ViewSampler, prior_cache=None,
+                 prior_size: int = 224, root: Path | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.views = views
+        self.prior_cache = prior_cache
+        self.prior_size = prior_size
+        self.root = Path(root) if root is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def prior_key(self, index: int) -> str:
+        path = self.paths[index]
+        return str(path.relative_to(self.root)) if self.root and path.is_relative_to(self.root) else str(path)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        index, seed = item
+        path = self.paths[index]
+        try:
+            image = load_rgb(path)
+        except BadImageError as err:
+            return {"skip": (str(path), err.reason)}
+        out = self.views(image, seed=seed)
+        out["index"] = torch.tensor(index)
+        if self.prior_cache is not None:
+            labels = self.prior_cache.get(self.prior_key(index), path)
+            out["prior"] = resize_labels(torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.prior_size)
+        return out
+
+
+def resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour resize of an (h, w) label map to (size, size), keeping int64 ids."""
+    if labels.shape == (size, size):
+        return labels
+    resized = F.interpolate(labels[None, None].float(), size=(size, size), mode="nearest-exact")
+    return resized[0, 0].long()
+
+
+def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack view dicts; bad images are dropped and reported in `batch["skipped"]` (never silent)."""
+    skipped = [s["skip"] for s in samples if "skip" in s]
+    good = [s for s in samples if "skip" not in s]
+    batch: dict[str, Any] = {"skipped": skipped, "size": len(good)}
+    if not good:
+        return batch
+    for key in good[0]:
+        batch[key] = torch.stack([s[key] for s in good])
+    if "prior" in batch:
+        # Largest region id in the batch + 1: the number of one-hot masks alignment needs.
+        batch["prior_num"] = int(batch["prior"].max()) + 1
+    return batch
+
+
+class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this rank's share of each global batch, from `start_step` to `total_steps`.
+
+    Epoch e's order is randperm(n) seeded by (seed, e); global batch s of the epoch is
+    perm[s·G:(s+1)·G] with G = batch_size × world_size, and rank r takes its r-th slice. The last
+    partial global batch of an epoch is dropped so every step has the same global batch size.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 start_step: int = 0, total_steps: int):
+        self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
+        self.seed, self.start_step, self.total_steps = seed, start_step, total_steps
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = n // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the data set has {n} images, fewer than one global batch of {self.global_batch} "
+                             f"(batch_size {batch_size} × {world_size} processes); lower train.batch_size")
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while step < self.total_steps:
+            epoch, in_epoch = divmod(step, self.steps_per_epoch)
+            order = self.epoch_order(epoch)
+            for s in range(in_epoch, self.steps_per_epoch):
+                if step >= self.total_steps:
+                    return
+                lo = s * self.global_batch + self.rank * self.batch_size
+                ids = order[lo: lo + self.batch_size].tolist()
+                yield [(i, sample_seed(self.seed, epoch, i)) for i in ids]
+                step += 1
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def default_num_workers(requested: int) -> int:
+    return min(requested, os.cpu_count() or 1)

@@ -1,0 +1,89 @@
+"""Build what a run needs from its config: data set, region-prior cache, loader, optimizer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from discorep.data.datasets import CocoDataset, ImageFolder
+from discorep.data.pretrain import PretrainDataset, ResumableBatchSampler, collate_views, sample_seed
+from discorep.data.views import ViewSampler
+from discorep.engine.config import Config
+from discorep.engine.distributed import DistInfo, barrier
+from discorep.engine.optim import build_optimizer
+
+log = logging.getLogger("discorep")
+
+
+def image_paths(cfg: Config) -> tuple[list[Path], Path]:
+    """The training images (paths only: pretraining needs no labels) and their root folder."""
+    d = cfg.data
+    if d.kind == "coco":
+        coco = CocoDataset(d.ann_file, d.root)
+        return [coco.path(i) for i in range(len(coco))], Path(d.root)
+    folder = ImageFolder(d.root)
+    return list(folder.paths), Path(d.root)
+
+
+def build_prior_cache(cfg: Config, dataset: PretrainDataset, dist: DistInfo, progress: bool = True):
+    """Compute (once, on the main process, in parallel over all cores) and load the region priors."""
+    if cfg.data.prior == "none":
+        return None
+    from discorep.data.priors import RegionPriorCache
+
+    params = dict(cfg.data.prior_params)
+    cache = RegionPriorCache(cfg.data.prior_cache, cfg.data.prior, params)
+    if dist.is_main:
+        items = [(dataset.prior_key(i), p) for i, p in enumerate(dataset.paths)]
+        stats = cache.build(items, progress=progress)
+        log.info("region prior %s: %s", cfg.data.prior, stats)
+    barrier()
+    return cache
+
+
+def build_dataset(cfg: Config, dist: DistInfo) -> PretrainDataset:
+    paths, root = image_paths(cfg)
+    dataset = PretrainDataset(paths, ViewSampler(cfg.views), None, cfg.data.prior_size, root)
+    dataset.prior_cache = build_prior_cache(cfg, dataset, dist, progress=cfg.train.progress)
+    return dataset
+
+
+def build_loader(cfg: Config, dataset: PretrainDataset, dist: DistInfo, start_step: int,
+                 total_steps: int) -> tuple[DataLoader, ResumableBatchSampler]:
+    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, world_size=dist.world_size,
+                                    rank=dist.rank, seed=cfg.train.seed, start_step=start_step,
+                                    total_steps=total_steps)
+    workers = cfg.data.num_workers
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_views,
+                        pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler
+
+
+def picture_batch(dataset: PretrainDataset, n: int) -> dict:
+    """A fixed set of images (the first n readable ones, fixed seeds) for the mask pictures."""
+    samples = []
+    for i in range(len(dataset)):
+        if len(samples) == n:
+            break
+        sample = dataset[(i, sample_seed(0, 0, i))]
+        if "skip" not in sample:
+            samples.append(sample)
+    return collate_views(samples)
+
+
+def build_optimizer_for(cfg: Config, modules: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    kwargs = {"momentum": o.momentum, "eta": o.eta} if o.name == "lars" else {}
+    if o.name == "sgd":
+        kwargs = {"momentum": o.momentum}
+    return build_optimizer(o.name, modules, lr=o.base_lr, weight_decay=o.weight_decay, **kwargs)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}

@@ -1,0 +1,160 @@
+"""The pretraining configuration schema.
+
+Configs are plain YAML validated against these dataclasses (`engine.configio`): an unknown key or a
+wrong type is an error naming the dotted key. Defaults are the papers' values at ImageNet scale;
+`configs/*_cpu_demo.yaml` shrink them for a laptop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from discorep.data.views import ViewConfig
+from discorep.engine.configio import ConfigError
+
+STRIDES = {"c4": 16, "c5": 32, "fpn": 4}
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["folder", "coco"] = "folder"
+    root: str = "data/demo/scenes_train/images"
+    ann_file: Optional[str] = None  # COCO json (kind=coco); images under `root`
+    num_workers: int = 2
+    max_bad_fraction: float = 0.01  # a run fails if more of the data set than this is unreadable
+    prior: Literal["none", "slic", "felzenszwalb", "grid"] = "none"
+    prior_params: dict[str, float] = field(default_factory=dict)
+    prior_cache: str = ".cache/priors"
+    prior_size: int = 224  # label maps are resized (nearest) to prior_size² so batches stack
+
+    def validate(self) -> None:
+        if self.kind == "coco" and not self.ann_file:
+            raise ConfigError("data.ann_file is required when data.kind is 'coco'")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["resnet18", "resnet50", "swin_t", "vit_s"] = "resnet50"
+    fpn: bool = False
+    fpn_dim: int = 256
+    norm: Literal["bn", "syncbn", "gn"] = "bn"
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    pred_hidden: int = 4096
+    channels_last: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["byol", "detcon", "odin", "r2o"] = "byol"
+    loss: Literal["byol", "contrastive"] = "byol"
+    temperature: float = 0.1  # contrastive α (Odin A.3, DetCon)
+    features: Literal["c4", "c5", "fpn"] = "c5"  # map pooled for the loss
+    num_masks: int = 16  # masks sampled per image (DetCon)
+    hard_masks: bool = False  # pool with argmax masks instead of area-weighted ones
+    # -- k-means mask sources (Odin, R2O) --
+    K: int = 16  # Odin: clusters per image
+    kmeans_iters: int = 30
+    # -- Odin discovery network f_τ --
+    discovery_features: Literal["c4", "c5", "fpn"] = "fpn"
+    discovery_use_projection: bool = True  # cluster z = g_τ(h) (Odin A.3) instead of h
+    discovery_update: Literal["continuous", "discrete"] = "continuous"
+    lambda_tau: float = 1e-3  # continuous: τ ← (1−λτ)τ + λτ θ (Odin eq. 7)
+    discrete_every_epochs: int = 100  # discrete: copy θ → τ every N epochs, segments cached between
+    # -- R2O mask prediction --
+    region_features: Literal["c4", "c5"] = "c4"
+    region_network: Literal["target", "discovery"] = "target"  # "discovery" = Odin+R2O hybrid
+    k_schedule: Literal["fixed", "cosine", "linear"] = "cosine"
+    K0: int = 128
+    K_f: int = 4
+    t_alpha: float = 40.0  # epochs at K0 before the curriculum starts (R2O A.1)
+    lr_scale_by_k: bool = True  # R2O: lr × K(t)/k_lr_reference (public code)
+    k_lr_reference: int = 16
+
+    def validate(self) -> None:
+        if self.name == "byol" and self.loss != "byol":
+            raise ConfigError("method.loss must be 'byol' for method.name 'byol'")
+        if self.temperature <= 0:
+            raise ConfigError("method.temperature must be > 0")
+        for key in ("num_masks", "K", "K0", "K_f", "kmeans_iters", "k_lr_reference"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.lambda_tau <= 1.0:
+            raise ConfigError(f"method.lambda_tau must be in [0, 1], got {self.lambda_tau}")
+        if self.discrete_every_epochs < 1:
+            raise ConfigError("method.discrete_every_epochs must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "adamw", "sgd"] = "lars"
+    base_lr: float = 0.2  # × global_batch / 256 (BYOL, Odin A.3)
+    weight_decay: float = 1.5e-6
+    momentum: float = 0.9
+    eta: float = 1e-3  # LARS trust coefficient
+    warmup_epochs: float = 10.0
+    final_lr: float = 0.0
+    clip_grad: Optional[float] = None
+    tau_base: float = 0.99  # EMA τ from tau_base to 1 by cosine (BYOL option: 0.996)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    batch_size: int = 32  # per device; global = batch_size × world size
+    epochs: float = 300.0
+    max_steps: Optional[int] = None  # stop early (tests, demos); schedules still use `epochs`
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_every: int = 1000  # steps
+    keep_last: int = 3
+    log_every: int = 10
+    picture_every_epochs: int = 1
+    picture_images: int = 8
+    nonfinite: Literal["stop", "skip"] = "stop"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("train.batch_size must be >= 1")
+        if self.epochs <= 0:
+            raise ConfigError("train.epochs must be > 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("train.max_steps must be >= 1 or null")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        m = self.method
+        if m.features == "fpn" or (m.name == "odin" and m.discovery_features == "fpn"):
+            if not self.model.fpn:
+                raise ConfigError("method.features/discovery_features 'fpn' needs model.fpn: true")
+        needs_prior = m.name in ("detcon", "r2o")
+        if needs_prior and self.data.prior == "none":
+            raise ConfigError(f"method '{m.name}' needs a region prior: set data.prior (slic, felzenszwalb, grid)")
+        for key, size in (("views.size", self.views.size), ("views.spanning_size", self.views.spanning_size),
+                          ("views.raw_size", self.views.raw_size)):
+            if size % 32 != 0:
+                raise ConfigError(f"{key}={size} must be divisible by 32 (the C5 stride) so feature grids align")
+        grid = self.views.size // STRIDES[m.features]
+        if m.name in ("detcon", "odin", "r2o") and grid * grid < 1:
+            raise ConfigError("views.size too small for the feature grid")
+        if m.name == "odin":
+            n_points = (self.views.spanning_size // STRIDES[m.discovery_features]) ** 2
+            if m.K > n_points:
+                raise ConfigError(f"method.K={m.K} exceeds the {n_points} feature-grid points of the spanning view")

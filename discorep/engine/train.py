@@ -1,0 +1,321 @@
+"""The pretraining loop: one function per concern, the same code for 1 CPU process and N GPUs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from discorep.engine import builders
+from discorep.engine.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint,
+                                        prune_checkpoints, save_checkpoint, set_rng_state)
+from discorep.engine.config import Config
+from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
+from discorep.engine.distributed import DistInfo, init_distributed, shutdown
+from discorep.engine.logger import RunLogger
+from discorep.engine.optim import clip_grad_norm
+from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
+from discorep.methods import build_method
+from discorep.methods.base import StepInfo
+from discorep.viz import denormalize, grid_picture
+
+log = logging.getLogger("discorep")
+
+# Keys that may change on --resume without changing what is trained.
+RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
+                    "train.keep_last", "train.picture_every_epochs", "train.picture_images",
+                    "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TooManyBadImagesError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: Config, dist_info: DistInfo, run_dir: Path):
+        self.cfg, self.dist, self.run_dir = cfg, dist_info, run_dir
+        self.dataset = builders.build_dataset(cfg, dist_info)
+        self.method = build_method(cfg).to(dist_info.device)
+        if cfg.model.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.model = self.method
+        if dist_info.world_size > 1:
+            # Levels the loss never reaches (layer4 when pooling C4, the FPN when pooling C5) get no
+            # gradient; DDP must then be told to look for unused parameters.
+            feature, fpn = cfg.method.features, cfg.model.fpn
+            unused = not (feature == "fpn" or (feature == "c5" and not fpn))
+            self.model = DistributedDataParallel(
+                self.method, device_ids=[dist_info.local_rank] if dist_info.device.type == "cuda" else None,
+                find_unused_parameters=unused)
+        self.optimizer = builders.build_optimizer_for(cfg, self.method.online_modules())
+        use_fp16 = cfg.train.precision == "fp16"
+        if use_fp16 and dist_info.device.type != "cuda":
+            raise ConfigError("train.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
+        self.global_batch = cfg.train.batch_size * dist_info.world_size
+        self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch)
+        self.total_steps = math.ceil(cfg.train.epochs * self.steps_per_epoch)
+        self.end_step = min(self.total_steps, cfg.train.max_steps or self.total_steps)
+        self.step = 0
+        self.skipped: dict[str, str] = {}
+        self.stop_requested = False
+        self.logger = RunLogger(run_dir, enabled=dist_info.is_main)
+
+    # ----- state -----
+    def state_dict(self) -> dict:
+        m = self.method
+        state = {"format": "discorep-checkpoint-v1", "step": self.step, "config": to_dict(self.cfg),
+                 "online": m.online.state_dict(), "target": m.target.state_dict(),
+                 "heads": {"predictor": m.predictor.state_dict()},
+                 "optimizer": self.optimizer.state_dict(), "rng": get_rng_state(),
+                 "skipped": sorted(self.skipped.items()), "extra": m.extra_state_dict()}
+        if getattr(m, "discovery", None) is not None:
+            state["discovery"] = m.discovery.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        m = self.method
+        m.online.load_state_dict(state["online"])
+        m.target.load_state_dict(state["target"])
+        m.predictor.load_state_dict(state["heads"]["predictor"])
+        if getattr(m, "discovery", None) is not None:
+            m.discovery.load_state_dict(state["discovery"])
+        m.load_extra_state_dict(state.get("extra", {}))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.skipped = dict(state.get("skipped", []))
+        self.step = int(state["step"])
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = save_checkpoint(self.state_dict(), checkpoint_path(self.run_dir, self.step))
+        prune_checkpoints(self.run_dir, keep_last=self.cfg.train.keep_last)
+        self.last_checkpoint = path
+        return path
+
+    # ----- one step -----
+    def info(self) -> StepInfo:
+        return StepInfo(self.step, self.step / self.steps_per_epoch, self.cfg.train.epochs, self.cfg.train.seed)
+
+    def set_lr(self, info: StepInfo) -> float:
+        o = self.cfg.optim
+        peak = scaled_lr(o.base_lr, self.global_batch)
+        lr = lr_at(self.step, self.total_steps, round(o.warmup_epochs * self.steps_per_epoch), peak, o.final_lr)
+        lr *= self.method.lr_scale(info)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def autocast(self):
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def flags(self, loss: torch.Tensor) -> tuple[bool, bool]:
+        """(non-finite loss on any rank, stop requested on any rank): one small all-reduce."""
+        t = torch.stack([(~torch.isfinite(loss.detach())).float(), torch.tensor(float(self.stop_requested),
+                                                                                 device=loss.device)])
+        if self.dist.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        bad, stop = t.tolist()
+        return bad > 0, stop > 0
+
+    def train_step(self, batch: dict) -> tuple[float, dict, float]:
+        info = self.info()
+        lr = self.set_lr(info)
+        with self.autocast():
+            loss, logs = self.model(batch, info)
+        bad, self.stop_requested = self.flags(loss)
+        if bad:
+            return self.handle_nonfinite(loss), logs, lr
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.cfg.optim.clip_grad:
+            clip_grad_norm(self.method.online_modules().parameters(), self.cfg.optim.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        tau = ema_tau_at(self.step, self.total_steps, self.cfg.optim.tau_base)
+        self.method.after_step(info, tau, self.steps_per_epoch)
+        logs["tau"] = tau
+        return float(loss.detach()), logs, lr
+
+    def handle_nonfinite(self, loss: torch.Tensor) -> float:
+        last = getattr(self, "last_checkpoint", None)
+        if self.cfg.train.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(loss.detach())}) at step {self.step}; last good checkpoint: {last or 'none yet'}. "
+                "Lower optim.base_lr, set optim.clip_grad, or set train.nonfinite=skip to skip such steps.")
+        log.warning("non-finite loss at step %d: step skipped (train.nonfinite=skip)", self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        return float("nan")
+
+    # ----- bookkeeping -----
+    def record_skips(self, batch: dict) -> None:
+        for path, reason in batch.get("skipped", []):
+            if path not in self.skipped:
+                self.skipped[path] = reason
+                log.warning("skipped unreadable image %s: %s", path, reason)
+                if self.dist.is_main:
+                    with open(self.run_dir / "skipped.txt", "a") as f:
+                        f.write(f"{path}\t{reason}\n")
+        limit = self.cfg.data.max_bad_fraction * len(self.dataset)
+        if len(self.skipped) > limit:
+            raise TooManyBadImagesError(
+                f"{len(self.skipped)} of {len(self.dataset)} images are unreadable (more than "
+                f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}); see {self.run_dir / 'skipped.txt'}")
+
+    def pictures(self, tag: str) -> None:
+        if not self.dist.is_main or self.cfg.train.picture_images < 1:
+            return
+        batch = builders.to_device(self.pic_batch, self.dist.device)
+        labels, _ = self.method.discover(batch, self.info())
+        images = [denormalize(x) for x in batch["raw"]]
+        picture = grid_picture(images, [lab.cpu().numpy() for lab in labels])
+        out = self.run_dir / "masks" / f"{tag}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(out)
+        self.logger.image("masks", self.step, np.asarray(picture))
+
+    def log_step(self, loss: float, logs: dict, lr: float, images_per_s: float) -> None:
+        values = {"loss": loss, "lr": lr, "epoch": self.step / self.steps_per_epoch, "img_per_s": images_per_s}
+        values.update({k: float(v) for k, v in logs.items()})
+        self.logger.scalars(self.step, values)
+
+    # ----- the loop -----
+    def fit(self) -> None:
+        self.pic_batch = builders.picture_batch(self.dataset, self.cfg.train.picture_images)
+        if self.step == 0:
+            self.pictures("epoch_000")
+        loader, _ = builders.build_loader(self.cfg, self.dataset, self.dist, self.step, self.end_step)
+        bar = _progress(self.cfg.train.progress and self.dist.is_main, self.step, self.end_step)
+        tic = time.perf_counter()
+        for batch in loader:
+            self.record_skips(batch)
+            if batch["size"] == 0:
+                raise TooManyBadImagesError(f"a whole batch at step {self.step} was unreadable")
+            batch = builders.to_device(batch, self.dist.device)
+            loss, logs, lr = self.train_step(batch)
+            self.step += 1
+            toc = time.perf_counter()
+            img_s = batch["size"] * self.dist.world_size / max(toc - tic, 1e-9)
+            tic = toc
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
+            if self.step % self.cfg.train.log_every == 0 or self.step == self.end_step:
+                self.log_step(loss, logs, lr, img_s)
+            if self.step % self.steps_per_epoch == 0:
+                epoch = self.step // self.steps_per_epoch
+                if epoch % self.cfg.train.picture_every_epochs == 0 or self.step == self.end_step:
+                    self.pictures(f"epoch_{epoch:03d}")
+            if self.step % self.cfg.train.checkpoint_every == 0 or self.step == self.end_step:
+                self.save()
+            if self.stop_requested:
+                self.save()
+                log.warning("stop requested: checkpoint saved at step %d; resume with --resume auto", self.step)
+                break
+        if bar is not None:
+            bar.close()
+        if self.step == self.end_step and self.step % self.steps_per_epoch != 0:
+            self.pictures("final")
+        self.logger.close()
+
+
+def _progress(enabled: bool, start: int, end: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain")
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return path
+
+
+def check_resume_config(saved: dict, current: dict, allow_change: bool) -> None:
+    diffs = [d for d in diff_configs(saved, current) if d[0] not in RESUME_SAFE_KEYS]
+    if diffs and not allow_change:
+        lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in diffs)
+        raise ConfigError(f"--resume: the run was trained with a different config:\n{lines}\n"
+                          "Use the same config, or pass --allow-config-change to resume anyway.")
+
+
+def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False) -> Path:
+    """Train `cfg` (resuming if asked) and return the run folder."""
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        run_dir = Path(cfg.train.out_dir) / cfg.train.name
+        ckpt_path = resolve_resume(run_dir, resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.train.seed)
+        trainer = Trainer(cfg, dist_info, run_dir)
+        if ckpt_path is not None:
+            state = load_checkpoint(ckpt_path)
+            check_resume_config(state["config"], to_dict(cfg), allow_config_change)
+            trainer.load_state_dict(state)
+            log.info("resumed from %s at step %d", ckpt_path, trainer.step)
+        if dist_info.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+        with _stop_on_signals(trainer):
+            trainer.fit()
+        return run_dir
+    finally:
+        shutdown()
+
+
+class _stop_on_signals:
+    """SIGTERM/SIGINT ask the loop to checkpoint and stop after the current step."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def __enter__(self):
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.trainer.stop_requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False

@@ -1,0 +1,153 @@
+"""What every method shares: online θ and target ξ networks, EMA, and the object-level loss path.
+
+A method subclass only chooses where masks come from (`masks`) and, for Odin, owns a discovery net.
+The object path (DetCon, Odin, R2O): sample mask ids present in both views → pool online and target
+features inside the masks (Odin eq. 1) → projector/predictor heads → BYOL or contrastive loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from discorep.discovery.align import AlignedMasks, align_masks, hard_masks
+from discorep.discovery.pooling import mask_pool, sample_mask_ids
+from discorep.discovery.random import image_seeds
+from discorep.engine.config import Config
+from discorep.losses.byol import byol_loss
+from discorep.losses.contrastive import contrastive_loss
+from discorep.models.backbones import Encoder
+from discorep.models.ema import ema_update_, make_ema_copy
+from discorep.models.heads import MLP
+
+
+@dataclass
+class StepInfo:
+    """Where training stands; methods derive every random draw from (seed, step) so runs resume exactly."""
+
+    step: int
+    epoch: float  # fractional epochs done
+    total_epochs: float
+    seed: int
+
+    def kmeans_seed(self, salt: int = 0) -> int:
+        """One seed for a whole-batch draw (R2O's pooled k-means)."""
+        return (self.seed * 1_000_003 + self.step * 7919 + salt + 17) % (2**31 - 1)
+
+    def image_seeds(self, index: Tensor, salt: int = 0) -> Tensor:
+        """(B,) per-image seeds from (seed, step, dataset index): batch-split independent draws."""
+        return image_seeds(self.kmeans_seed(salt), index, salt)
+
+
+class Branch(nn.Module):
+    """Encoder f plus projector g: the part shared by online, target and discovery networks."""
+
+    def __init__(self, cfg: Config, feature: str):
+        super().__init__()
+        m = cfg.model
+        self.encoder = Encoder(m.arch, fpn=m.fpn, fpn_dim=m.fpn_dim, norm=m.norm)
+        self.projector = MLP(self.encoder.channels[feature], m.proj_hidden, m.proj_dim,
+                             norm="none" if m.norm == "gn" else "bn")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.encoder(x)
+
+
+class PretrainMethod(nn.Module):
+    """Base: online (encoder, projector, predictor) and an EMA target (encoder, projector)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.feature = cfg.method.features
+        self.online = Branch(cfg, self.feature)
+        m = cfg.model
+        self.predictor = MLP(m.proj_dim, m.pred_hidden, m.proj_dim, norm="none" if m.norm == "gn" else "bn")
+        self.target = make_ema_copy(self.online)
+
+    # ----- hooks the engine calls -----
+    def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+        """One training step's loss (DDP wraps this module, so the step is `forward`)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: int) -> None:
+        """EMA update of the target network ξ ← τξ + (1−τ)θ (BYOL; Odin eq. 6)."""
+        ema_update_(self.target, self.online, tau)
+
+    def lr_scale(self, info: StepInfo) -> float:
+        return 1.0
+
+    def online_modules(self) -> nn.ModuleDict:
+        """The modules the optimizer trains."""
+        return nn.ModuleDict({"online": self.online, "predictor": self.predictor})
+
+    @torch.no_grad()
+    def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
+        """Label maps for pictures: (labels (B, h, w), frame boxes (B, 4)) of the current masks."""
+        raw = batch["raw"]
+        feats = self.target.encoder(raw)[self.feature]
+        from discorep.discovery.sources import feature_kmeans_labels
+
+        return feature_kmeans_labels(feats.float(), 8, seed=0), batch["raw_box"]
+
+    def extra_state_dict(self) -> dict:
+        return {}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        pass
+
+    # ----- shared object-level path -----
+    def grid(self) -> int:
+        return self.cfg.views.size // self.online.encoder.strides[self.feature]
+
+    def encode_views(self, batch: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Online features of v1, v2 (with gradients) and target features of v1, v2 (without)."""
+        v1, v2 = batch["view1"], batch["view2"]
+        both = torch.cat([v1, v2])
+        online = self.online(both)[self.feature].chunk(2)
+        with torch.no_grad():
+            target = self.target(both)[self.feature].chunk(2)
+        return list(online), [t.detach() for t in target]
+
+    def align_to_views(self, labels: Tensor, frame_boxes: Tensor, num_masks: int,
+                       batch: dict[str, Tensor]) -> tuple[AlignedMasks, AlignedMasks]:
+        g = self.grid()
+        m1 = align_masks(labels, frame_boxes, batch["box1"], batch["flip1"], g, num_masks)
+        m2 = align_masks(labels, frame_boxes, batch["box2"], batch["flip2"], g, num_masks)
+        return m1, m2
+
+    def object_loss(self, feats_online: list[Tensor], feats_target: list[Tensor],
+                    masks: tuple[AlignedMasks, AlignedMasks], index: Tensor,
+                    info: StepInfo) -> tuple[Tensor, dict]:
+        """Sample masks present in both views, pool, project, predict, and apply the configured loss."""
+        cfg = self.cfg.method
+        m1, m2 = masks
+        present_both = m1.present & m2.present
+        ids = sample_mask_ids(present_both, cfg.num_masks, seeds=info.image_seeds(index, salt=1))
+        valid = present_both.gather(1, ids)
+        pooled = []
+        for f_on, f_t, m in zip(feats_online, feats_target, (m1, m2)):
+            soft = hard_masks(m.soft) if cfg.hard_masks else m.soft
+            sel = torch.gather(soft, 1, ids[:, :, None, None].expand(-1, -1, *soft.shape[-2:]))
+            pooled.append((mask_pool(f_on, sel.to(f_on.dtype)), mask_pool(f_t, sel.to(f_t.dtype))))
+        (h_on1, h_t1), (h_on2, h_t2) = pooled
+        q1, q2 = self.predictor(self.online.projector(h_on1)), self.predictor(self.online.projector(h_on2))
+        with torch.no_grad():
+            z1, z2 = self.target.projector(h_t1), self.target.projector(h_t2)
+        loss = self.pair_loss(q1, z2, q2, z1, valid, ids)
+        # Tensors, not floats: the engine reads them only on logging steps (no host sync per step).
+        logs = {"masks_valid": valid.float().mean().detach(),
+                "masks_present": present_both.sum(1).float().mean().detach()}
+        return loss, logs
+
+    def pair_loss(self, q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor, ids: Tensor) -> Tensor:
+        """BYOL (symmetrised 2−2cos, weighted by validity) or contrastive (Odin eq. 2–4) on (B, S, D)."""
+        cfg = self.cfg.method
+        if cfg.loss == "contrastive":
+            return contrastive_loss(q1, z2, q2, z1, valid, temperature=cfg.temperature, ids=ids)
+        w = valid.flatten().to(q1.dtype)
+        return (byol_loss(q1.flatten(0, 1), z2.flatten(0, 1), w)
+                + byol_loss(q2.flatten(0, 1), z1.flatten(0, 1), w))

@@ -1,0 +1,52 @@
+"""The object discovery network f_τ, g_τ (Odin §3.1) and dense feature extraction in eval mode.
+
+Discovery forwards run in eval mode: an image's segmentation then depends only on the image and the
+network, not on the rest of its batch — which is what makes cached segments (Odin's discrete
+updates) and 1-vs-N-process runs consistent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from discorep.engine.config import MethodConfig
+from discorep.models.ema import copy_params_, ema_update_, make_ema_copy
+
+
+@torch.no_grad()
+def dense_features(branch: nn.Module, x: Tensor, feature: str, project: bool = False) -> Tensor:
+    """(B, D, h, w) features of `branch` (encoder [+ projector per vector]) with BN in eval mode."""
+    was_training = branch.training
+    branch.eval()
+    try:
+        h = branch.encoder(x)[feature]
+        if project:
+            B, C, gh, gw = h.shape
+            z = branch.projector(h.flatten(2).transpose(1, 2))  # g applied to each vector (Odin §3.1)
+            h = z.transpose(1, 2).reshape(B, -1, gh, gw)
+    finally:
+        branch.train(was_training)
+    return h.float()
+
+
+class DiscoveryNet(nn.Module):
+    """τ follows θ: continuously, τ ← (1−λτ)τ + λτ θ (Odin eq. 7), or by a copy every N epochs."""
+
+    def __init__(self, online: nn.Module, cfg: MethodConfig):
+        super().__init__()
+        self.net = make_ema_copy(online)
+        self.mode = cfg.discovery_update
+        self.lambda_tau = cfg.lambda_tau
+        self.every_epochs = cfg.discrete_every_epochs
+
+    @torch.no_grad()
+    def update(self, online: nn.Module, step_done: int, steps_per_epoch: int) -> bool:
+        """Call after optimizer step number `step_done` (1-based). Returns True when τ was replaced."""
+        if self.mode == "continuous":
+            ema_update_(self.net, online, 1.0 - self.lambda_tau)
+            return False
+        if step_done % (self.every_epochs * steps_per_epoch) == 0:
+            copy_params_(self.net, online)
+            return True
+        return False

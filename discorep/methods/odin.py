@@ -1,0 +1,65 @@
+"""Odin (Hénaff et al. 2022): object discovery network + object representation networks.
+
+The discovery network τ (an EMA or periodic copy of the online network, eq. 7) encodes the
+spanning view v0; per-image k-means (K = 16) over its L2-normalised FPN projections z gives the
+segments, which are mapped into both augmented views and trained with the contrastive loss on
+mask-pooled FPN features (eq. 1–4). With discrete updates the segments are cached between copies
+and the discovery network is not evaluated in between; they are then computed on the raw
+(whole-image) view, since the spanning view changes with every pair of crops.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from discorep.discovery.cache import SegmentCache
+from discorep.discovery.random import image_seeds
+from discorep.discovery.sources import feature_kmeans_labels
+from discorep.engine.config import Config
+from discorep.methods.base import PretrainMethod, StepInfo
+from discorep.methods.discovery_net import DiscoveryNet, dense_features
+
+
+class Odin(PretrainMethod):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.discovery = DiscoveryNet(self.online, cfg.method)
+        self.cache = SegmentCache() if cfg.method.discovery_update == "discrete" else None
+
+    def segment(self, images: Tensor, seed: int | Tensor) -> Tensor:
+        m = self.cfg.method
+        z = dense_features(self.discovery.net, images, m.discovery_features, m.discovery_use_projection)
+        return feature_kmeans_labels(z, m.K, seed=seed, iters=m.kmeans_iters)
+
+    def segments(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
+        """Label maps and the frame they cover: the spanning view, or the raw view when cached."""
+        if self.cache is None:
+            return self.segment(batch["span"], info.image_seeds(batch["index"])), batch["span_box"]
+        indices = batch["index"].tolist()
+        todo = self.cache.missing(indices)
+        if todo:
+            seeds = image_seeds(self.cache.version, batch["index"][todo])
+            labels = self.segment(batch["raw"][todo], seed=seeds)
+            self.cache.store([indices[i] for i in todo], labels)
+        return self.cache.lookup(indices, batch["raw"].device), batch["raw_box"]
+
+    def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+        labels, frame = self.segments(batch, info)
+        masks = self.align_to_views(labels, frame, self.cfg.method.K, batch)
+        online, target = self.encode_views(batch)
+        return self.object_loss(online, target, masks, batch["index"], info)
+
+    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: int) -> None:
+        super().after_step(info, tau, steps_per_epoch)
+        if self.discovery.update(self.online, info.step + 1, steps_per_epoch) and self.cache is not None:
+            self.cache.clear()
+
+    def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
+        return self.segment(batch["raw"], seed=0), batch["raw_box"]
+
+    def extra_state_dict(self) -> dict:
+        return {"segment_cache": self.cache.state_dict()} if self.cache is not None else {}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        if self.cache is not None and "segment_cache" in state:
+            self.cache.load_state_dict(state["segment_cache"])

@@ -1,0 +1,62 @@
+"""R2O (Gokul et al. 2023): region-to-object representation learning.
+
+Mask prediction (§3.1): SLIC regions (100 per image) are embedded by mask-pooling the target
+network's C4 on the raw view, k-means with K(t) clusters runs over all region embeddings of the
+device's batch, and every pixel takes its region's cluster (hard labels). The label map is aligned
+to each view's C5 grid by RoIAlign; mask-pooled C5 → projector → predictor → BYOL loss per mask,
+weighted by "present in both views". K(t) follows the region-to-object curriculum (R2O A.1, see
+`engine.schedules.k_at`), and the learning rate is scaled by K(t)/16 when `lr_scale_by_k`.
+
+`method.region_network: discovery` is the Odin+R2O hybrid: the region embeddings come from an Odin
+discovery network (EMA of the online one, eq. 7) instead of the target network.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from discorep.discovery.sources import region_kmeans_labels
+from discorep.engine.config import Config
+from discorep.engine.schedules import k_at, k_lr_scale
+from discorep.methods.base import PretrainMethod, StepInfo
+from discorep.methods.discovery_net import DiscoveryNet, dense_features
+
+
+class R2O(PretrainMethod):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        hybrid = cfg.method.region_network == "discovery"
+        self.discovery = DiscoveryNet(self.online, cfg.method) if hybrid else None
+
+    def current_K(self, info: StepInfo) -> int:
+        m = self.cfg.method
+        return k_at(info.epoch, schedule=m.k_schedule, K0=m.K0, K_f=m.K_f, t_alpha=m.t_alpha, T=info.total_epochs)
+
+    def mask_labels(self, batch: dict[str, Tensor], info: StepInfo, K: int) -> Tensor:
+        m = self.cfg.method
+        network = self.discovery.net if self.discovery is not None else self.target
+        feats = dense_features(network, batch["raw"], m.region_features)
+        return region_kmeans_labels(feats, batch["prior"], batch["prior_num"], K,
+                                    seed=info.kmeans_seed(), iters=m.kmeans_iters)
+
+    def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+        K = self.current_K(info)
+        labels = self.mask_labels(batch, info, K)
+        masks = self.align_to_views(labels, batch["raw_box"], K, batch)
+        online, target = self.encode_views(batch)
+        loss, logs = self.object_loss(online, target, masks, batch["index"], info)
+        logs["K"] = torch.tensor(float(K))
+        return loss, logs
+
+    def lr_scale(self, info: StepInfo) -> float:
+        m = self.cfg.method
+        return k_lr_scale(self.current_K(info), m.k_lr_reference) if m.lr_scale_by_k else 1.0
+
+    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: int) -> None:
+        super().after_step(info, tau, steps_per_epoch)
+        if self.discovery is not None:
+            self.discovery.update(self.online, info.step + 1, steps_per_epoch)
+
+    def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
+        return self.mask_labels(batch, info, self.current_K(info)), batch["raw_box"]

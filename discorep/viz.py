@@ -1,0 +1,67 @@
+"""Pictures of segmentations: colour overlays of label maps on images (training and `discover`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def palette(n: int, seed: int = 7) -> np.ndarray:
+    """n distinct-ish colours (uint8 (n, 3)); id −1 is drawn black."""
+    rng = np.random.default_rng(seed)
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    sat = 0.55 + 0.4 * rng.random(n)
+    val = 0.75 + 0.25 * rng.random(n)
+    h6 = hues * 6
+    i = np.floor(h6).astype(int) % 6
+    f = h6 - np.floor(h6)
+    p, q, t = val * (1 - sat), val * (1 - f * sat), val * (1 - (1 - f) * sat)
+    table = [(val, t, p), (q, val, p), (p, val, t), (p, q, val), (t, p, val), (val, p, q)]
+    rgb = np.stack([np.choose(i, [c[k] for c in table]) for k in range(3)], axis=1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def denormalize(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) ImageNet-normalised tensor → uint8 (H, W, 3)."""
+    img = (x.detach().float().cpu() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
+    return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def upsample_labels(labels: torch.Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest upsampling of an (h, w) label map to (height, width)."""
+    t = torch.as_tensor(np.asarray(labels)).float()[None, None]
+    return F.interpolate(t, size=(height, width), mode="nearest-exact")[0, 0].long().numpy()
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend a colour per segment over the image and draw segment boundaries in white."""
+    labels = upsample_labels(labels, *image.shape[:2]) if labels.shape != image.shape[:2] else labels
+    colours = palette(int(labels.max()) + 1 if labels.size else 1)
+    colour = np.where(labels[..., None] >= 0, colours[labels.clip(min=0)], 0)
+    out = (image * (1 - alpha) + colour * alpha).astype(np.uint8)
+    edge = np.zeros(labels.shape, bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    out[edge] = 255
+    return out
+
+
+def grid_picture(images: list[np.ndarray], labels: list[np.ndarray], tile: int = 160) -> Image.Image:
+    """Rows of (image, overlay) pairs, `tile` pixels each, laid out in up to 4 pairs per row."""
+    pairs = []
+    for img, lab in zip(images, labels):
+        im = np.asarray(Image.fromarray(img).resize((tile, tile), Image.BICUBIC))
+        lab_t = upsample_labels(lab, tile, tile)
+        pairs.append(np.concatenate([im, overlay(im, lab_t)], axis=1))
+    per_row = min(4, max(1, len(pairs)))
+    blank = np.zeros_like(pairs[0])
+    rows = []
+    for r in range(0, len(pairs), per_row):
+        row = pairs[r: r + per_row] + [blank] * (per_row - len(pairs[r: r + per_row]))
+        rows.append(np.concatenate(row, axis=1))
+    return Image.fromarray(np.concatenate(rows, axis=0))

@@ -1,0 +1,45 @@
+"""Shared builders for engine/method tests: tiny configs on tiny generated scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from discorep.engine.config import Config
+from discorep.engine.configio import from_dict
+
+METHOD_OVERRIDES = {
+    "byol": {"method": {"name": "byol", "loss": "byol", "features": "c5"}},
+    "detcon": {"method": {"name": "detcon", "loss": "contrastive", "features": "c4", "num_masks": 4},
+               "data": {"prior": "slic", "prior_params": {"n_segments": 16}, "prior_size": 32}},
+    "odin": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "num_masks": 4, "K": 4,
+                        "discovery_features": "fpn", "kmeans_iters": 5},
+             "model": {"fpn": True, "fpn_dim": 32}},
+    "odin_discrete": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "num_masks": 4,
+                                 "K": 4, "discovery_features": "fpn", "kmeans_iters": 5,
+                                 "discovery_update": "discrete", "discrete_every_epochs": 1},
+                      "model": {"fpn": True, "fpn_dim": 32}},
+    "r2o": {"method": {"name": "r2o", "loss": "byol", "features": "c4", "num_masks": 4, "K0": 8, "K_f": 2,
+                       "t_alpha": 1, "region_features": "c4", "kmeans_iters": 5},
+            "data": {"prior": "slic", "prior_params": {"n_segments": 16}, "prior_size": 32}},
+}
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def tiny_config(method: str, data_root: Path, out_dir: Path, extra: dict | None = None) -> Config:
+    base = {
+        "data": {"root": str(data_root), "num_workers": 0, "prior_cache": str(out_dir / "prior_cache")},
+        "views": {"size": 64, "spanning_size": 64, "raw_size": 64},
+        "model": {"arch": "resnet18", "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32},
+        "optim": {"name": "lars", "base_lr": 2.0, "warmup_epochs": 0.0, "weight_decay": 1e-6},
+        "train": {"name": method, "out_dir": str(out_dir), "batch_size": 4, "epochs": 4, "seed": 0,
+                  "device": "cpu", "checkpoint_every": 5, "log_every": 1, "picture_images": 2,
+                  "progress": False},
+    }
+    merged = deep_merge(deep_merge(base, METHOD_OVERRIDES[method]), extra or {})
+    return from_dict(Config, merged)
