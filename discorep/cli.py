@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from discorep.errors import UserError, describe
+    from discorep.errors import describe, user_errors
 
     try:
         return args.func(args)
-    except UserError as err:
+    except user_errors() as err:
+        if args.verbose:
+            raise
         print(f"error: {describe(err)}", file=sys.stderr)
         return 2
 

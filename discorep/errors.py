@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Every user-facing error class (imported lazily so `discorep --help` does not load torch)."""
     from discorep.data.images import BadImageError, DatasetError
+    from discorep.data.priors import PriorError
+    from discorep.discovery.align import AlignInputError, LabelIdError
     from discorep.engine.checkpoint import CheckpointError
     from discorep.engine.configio import ConfigError
     from discorep.engine.train import NonFiniteLossError, TooManyBadImagesError
 
-    return (ConfigError, CheckpointError, BadImageError, DatasetError, NonFiniteLossError,
-            TooManyBadImagesError, FileNotFoundError)
-
-
-class _Lazy(type):
-    def __instancecheck__(cls, obj) -> bool:
-        return isinstance(obj, _user_errors())
-
-    def __subclasscheck__(cls, sub) -> bool:
-        return issubclass(sub, _user_errors())
-
-
-class UserError(metaclass=_Lazy):
-    """`except UserError` catches every user-facing error class without importing torch at startup."""
+    return (ConfigError, CheckpointError, BadImageError, DatasetError, PriorError, NonFiniteLossError,
+            TooManyBadImagesError, LabelIdError, AlignInputError, FileNotFoundError)
 
 
 def describe(err: BaseException) -> str:

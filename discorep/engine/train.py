@@ -72,6 +72,11 @@ class Trainer:
         self.skipped: dict[str, str] = {}
         self.stop_requested = False
         self.logger = RunLogger(run_dir, enabled=dist_info.is_main)
+        if dist_info.is_main:
+            log.info("%s on %s: %d process(es) x batch %d = global batch %d; %d images, %d steps/epoch, "
+                     "%d steps (%.4g epochs); run folder %s", cfg.method.name, dist_info.device,
+                     dist_info.world_size, cfg.train.batch_size, self.global_batch, len(self.dataset),
+                     self.steps_per_epoch, self.end_step, cfg.train.epochs, run_dir)
 
     # ----- state -----
     def state_dict(self) -> dict:
