@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first, pinned: pip takes them from the local wheel cache when the machine has one.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps esdft-segmetric==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)

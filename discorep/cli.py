@@ -37,6 +37,86 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from discorep.eval.discover import run_discover
+
+    run_discover(checkpoint=args.checkpoint, images=args.images, out=args.out, ks=args.k, size=args.size,
+                 features=args.features, overlay_k=args.overlay_k, device=args.device,
+                 batch_size=args.batch_size, seed=args.seed)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"discorep.eval.{args.task}")
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task", "verbose")}
+    module.run(**options)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from discorep.export import export_backbone
+
+    path = export_backbone(checkpoint=args.checkpoint, to=args.to, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str = "c5") -> None:
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch> (e.g. random:resnet18)")
+    p.add_argument("--size", type=int, default=size, help="images are resized to SIZE x SIZE")
+    p.add_argument("--features", choices=("c4", "c5", "fpn"), default=features, help="feature map to use")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--out", type=Path, default=None, help="JSON file for every number and the settings")
+
+
+def _add_eval_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear")
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    t = tasks.add_parser("objects", help="object discovery on a COCO-format set: ABO_i, ABO_c, OR (Odin §3.2)")
+    _add_model_args(t)
+    t.add_argument("--coco", required=True, type=Path, help="COCO instances json")
+    t.add_argument("--images", required=True, type=Path, help="folder of the json's images")
+    t.add_argument("--k", default="1,2,4,8,16,32,64,128", help="K values (proposals = their sum)")
+    t.add_argument("--filter-small", action="store_true",
+                   help="drop masks < 100 px at 224 and keep at most 16 per image (Odin Table A.1)")
+
+    t = tasks.add_parser("foreground", help="CUB protocol: K=5, Hungarian foreground matching, mean IoU")
+    _add_model_args(t)
+    t.add_argument("--coco", type=Path, help="COCO json: foreground = union of its instances")
+    t.add_argument("--masks", type=Path, help="folder of foreground mask PNGs named like the images")
+    t.add_argument("--images", required=True, type=Path)
+    t.add_argument("--k", type=int, default=5)
+    t.add_argument("--oracle", action="store_true",
+                   help="ALSO report the upper bound that picks the best cluster by ground truth")
+
+    t = tasks.add_parser("video", help="DAVIS label propagation: J, F, J&F (Odin §4.3, DINO protocol)")
+    _add_model_args(t, size=480, features="c5")
+    t.add_argument("--davis", required=True, type=Path, help="DAVIS-layout root (JPEGImages/, Annotations/)")
+    t.add_argument("--topk", type=int, default=5)
+    t.add_argument("--context", type=int, default=7, help="previous frames used as context")
+    t.add_argument("--radius", type=int, default=12, help="spatial neighbourhood radius (feature cells)")
+    t.add_argument("--temperature", type=float, default=0.7)
+
+    for name, helptext in (("knn", "weighted k-NN classification (k=20, T=0.07, cosine)"),
+                           ("linear", "linear probe on frozen global features")):
+        t = tasks.add_parser(name, help=helptext)
+        _add_model_args(t, size=224, features="c5")
+        t.add_argument("--train", required=True, type=Path, help="labelled image folder (class sub-folders)")
+        t.add_argument("--val", required=True, type=Path, help="labelled image folder (class sub-folders)")
+        if name == "knn":
+            t.add_argument("--k", type=int, default=20)
+            t.add_argument("--temperature", type=float, default=0.07)
+        else:
+            t.add_argument("--epochs", type=int, default=100)
+            t.add_argument("--lr", type=float, default=0.1)
+    p.set_defaults(func=_cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discorep",
@@ -56,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/demo", type=Path)
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("discover", help="segment every image of a folder with k-means over a network's features")
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch>")
+    p.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, type=Path, help="output folder: <stem>.npz and <stem>.png per image")
+    p.add_argument("--k", default="1,2,4,8,16,32,64,128", help="comma-separated K values")
+    p.add_argument("--size", type=int, default=448, help="evaluation size (Odin A.4)")
+    p.add_argument("--features", choices=("c4", "c5", "fpn"), default="c5")
+    p.add_argument("--overlay-k", type=int, default=None, help="K drawn in the PNG overlay (default: 8 if asked, else the largest)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_discover)
+
+    _add_eval_parsers(sub)
+
+    p = sub.add_parser("export", help="export the online backbone for torchvision, timm, detectron2 or mmseg")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--to", required=True, choices=("torchvision", "timm", "detectron2", "mmseg"))
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="the main job: build demo data, pretrain R2O on CPU, write a run folder")
     p.add_argument("--config", default=DEMO_CONFIG)

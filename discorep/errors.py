@@ -8,7 +8,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from discorep.data.images import BadImageError, DatasetError
     from discorep.data.priors import PriorError
     from discorep.discovery.align import AlignInputError, LabelIdError
-    from discorep.engine.checkpoint import CheckpointError
+    from discorep.checkpoint import CheckpointError
     from discorep.engine.configio import ConfigError
     from discorep.engine.train import NonFiniteLossError, TooManyBadImagesError
 

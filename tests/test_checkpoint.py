@@ -1,4 +1,4 @@
-"""engine.checkpoint: atomic saves, safe loads, layout, pruning, RNG state round trip."""
+"""discorep.checkpoint: atomic saves, safe loads, layout, pruning, RNG state round trip."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from discorep.engine.checkpoint import (
+from discorep.checkpoint import (
     CheckpointError,
     checkpoint_path,
     get_rng_state,
@@ -124,7 +124,7 @@ def test_enospc_keeps_previous_checkpoint(tmp_path: Path, monkeypatch, fail_in: 
     if fail_in == "fsync":
         monkeypatch.setattr(os, "fsync", no_space)
     else:
-        monkeypatch.setattr("discorep.engine.checkpoint.os.fdopen",
+        monkeypatch.setattr("discorep.checkpoint.os.fdopen",
                             lambda fd, mode: _FailingFile(fd))
     for target in (checkpoint_path(tmp_path, 2), old):  # a new step, and overwriting the same file
         with pytest.raises(CheckpointError) as info:

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from discorep.data.demo import make_scenes
-from discorep.engine.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from discorep.engine.train import pretrain

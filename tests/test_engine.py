@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from discorep.data.demo import make_scenes
-from discorep.engine.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.engine.configio import ConfigError
 from discorep.engine.train import NonFiniteLossError, pretrain
 from tests.helpers import tiny_config

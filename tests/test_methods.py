@@ -11,7 +11,7 @@ import torch
 from discorep.data.demo import make_scenes
 from discorep.data.pretrain import collate_views, sample_seed
 from discorep.engine import builders
-from discorep.engine.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.engine.distributed import DistInfo
 from discorep.engine.train import pretrain
 from discorep.methods import build_method

@@ -10,7 +10,7 @@ import sys
 import time
 
 from discorep.data.demo import make_scenes
-from discorep.engine.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.engine.configio import save_config
 from tests.helpers import tiny_config
 

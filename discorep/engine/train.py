@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from discorep.engine import builders
-from discorep.engine.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint,
+from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint,
                                         prune_checkpoints, save_checkpoint, set_rng_state)
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict

@@ -1,0 +1,133 @@
+"""Load the network to evaluate: a pretraining checkpoint's online encoder, or `random:<arch>`.
+
+Evaluation never imports training code (`methods/`, `engine/`): a checkpoint is read as plain state
+dicts plus the config it was trained with. After pretraining only the online network is kept
+(Odin §3.1); its projector g is kept too because Odin A.4 clusters FPN projections z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from discorep.checkpoint import CheckpointError, load_checkpoint
+from discorep.models.backbones import ARCHS, Encoder
+from discorep.models.heads import MLP
+
+RANDOM_SEED = 0  # the fixed seed of every `random:<arch>` baseline
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class EvalModel:
+    encoder: Encoder
+    projector: nn.Module | None
+    arch: str
+    source: str
+    model_config: dict
+
+    def to(self, device: torch.device | str) -> "EvalModel":
+        self.encoder.to(device)
+        if self.projector is not None:
+            self.projector.to(device)
+        return self
+
+
+def _random_model(arch: str) -> EvalModel:
+    if arch not in ARCHS:
+        raise CheckpointError(f"random:{arch}: unknown architecture; choose one of {', '.join(ARCHS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        multi_scale = arch != "vit_s"
+        encoder = Encoder(arch, fpn=multi_scale)
+    cfg = {"arch": arch, "fpn": multi_scale, "fpn_dim": 256, "norm": "bn"}
+    return EvalModel(encoder.eval(), None, arch, f"random:{arch}", cfg)
+
+
+def _sub_state(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _checkpoint_model(path: Path) -> EvalModel:
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "online" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: not a discorep pretraining checkpoint (no 'online' network/config); "
+                              "pass a file from runs/<name>/checkpoints/ or random:<arch>")
+    m = state["config"].get("model", {})
+    encoder = Encoder(m["arch"], fpn=m.get("fpn", False), fpn_dim=m.get("fpn_dim", 256), norm=m.get("norm", "bn"))
+    try:
+        encoder.load_state_dict(_sub_state(state["online"], "encoder."), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit a {m['arch']} encoder ({str(err)[:300]})") from err
+    projector = None
+    proj_state = _sub_state(state["online"], "projector.")
+    if proj_state:
+        projector = _projector_from_state(proj_state, m)
+    return EvalModel(encoder.eval(), projector, m["arch"], str(path), dict(m))
+
+
+def _projector_from_state(proj_state: dict, m: dict) -> nn.Module | None:
+    """Rebuild the projector g from its weights (its input width depends on the pooled feature)."""
+    linears = [v for k, v in proj_state.items() if k.endswith("weight") and v.dim() == 2]
+    if len(linears) != 2:
+        return None
+    hidden, in_dim = linears[0].shape
+    out_dim = linears[1].shape[0]
+    norm = "none" if m.get("norm") == "gn" else "bn"
+    projector = MLP(in_dim, hidden, out_dim, norm=norm)
+    try:
+        projector.load_state_dict(proj_state, strict=True)
+    except RuntimeError:
+        return None
+    return projector.eval()
+
+
+def load_model(spec: str | Path, device: torch.device | str = "cpu") -> EvalModel:
+    """`random:<arch>` (fixed seed) or a pretraining checkpoint path."""
+    spec = str(spec)
+    if spec.startswith("random:"):
+        return _random_model(spec.split(":", 1)[1]).to(device)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint {spec}: no such file (or use random:<arch>, e.g. random:resnet18)")
+    return _checkpoint_model(path).to(device)
+
+
+def normalize_images(x: Tensor) -> Tensor:
+    """(B, 3, H, W) floats in [0, 1] → ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def dense_features(model: EvalModel, images: Tensor, kind: str = "c5", project: bool = True) -> Tensor:
+    """(B, D, h, w) float features of normalised images.
+
+    kind: "c4", "c5" or "fpn". For "fpn", the projections z = g(h) are returned when the model has a
+    projector that fits the FPN width and `project` is set (Odin A.4: "with FPN, we use the
+    projections z"); otherwise the hidden vectors h.
+    """
+    out = model.encoder(images)
+    if kind not in out:
+        raise ValueError(f"features '{kind}' are not available for {model.source} "
+                         f"(available: {', '.join(sorted(out))})")
+    h = out[kind]
+    if kind == "fpn" and project and model.projector is not None:
+        first = next(p for p in model.projector.parameters() if p.dim() == 2)
+        if first.shape[1] == h.shape[1]:
+            B, C, gh, gw = h.shape
+            z = model.projector(h.flatten(2).transpose(1, 2))
+            h = z.transpose(1, 2).reshape(B, -1, gh, gw)
+    return h.float()
+
+
+def resize_for_eval(image: Tensor, size: int) -> Tensor:
+    """(3, H, W) float [0, 1] → (3, size, size), bicubic + antialias, clamped."""
+    return F.interpolate(image[None], size=(size, size), mode="bicubic", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)

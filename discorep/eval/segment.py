@@ -1,0 +1,60 @@
+"""Unsupervised segmentation by k-means over dense features (Odin A.4).
+
+Images are resized to the evaluation size, encoded, their feature vectors L2-normalised and
+clustered per image (seeded k-means, several K at once), and the feature-grid labels upsampled
+(nearest) to each image's original size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from discorep.discovery.kmeans import batched_kmeans
+from discorep.discovery.random import image_seeds
+from discorep.eval.backbone import EvalModel, dense_features, normalize_images, resize_for_eval
+
+DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128)  # 255 proposals per image (Odin §3.2)
+
+
+def parse_ks(text: str | Sequence[int]) -> list[int]:
+    """"1,2,4" → [1, 2, 4]; each K a positive integer."""
+    values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    if not values or any(k < 1 for k in values):
+        raise ValueError(f"--k must be a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def prepare(image: Image.Image, size: int) -> Tensor:
+    """PIL RGB → (3, size, size) float in [0, 1]."""
+    return resize_for_eval(TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True), size)
+
+
+@torch.no_grad()
+def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features: str = "c5", *,
+                  seed: int = 0, image_ids: Tensor | None = None, iters: int = 50) -> dict[int, Tensor]:
+    """images: (B, 3, S, S) in [0, 1] → {K: (B, h, w) int64 labels on the feature grid}.
+
+    A K larger than the grid's number of points is clamped to it (every point its own segment).
+    Seeds are per image (from `seed` and `image_ids`), so results do not depend on the batching.
+    """
+    device = next(model.encoder.parameters()).device
+    feats = dense_features(model, normalize_images(images.to(device)), features)
+    B, D, h, w = feats.shape
+    points = feats.flatten(2).transpose(1, 2)
+    ids = torch.arange(B) if image_ids is None else image_ids
+    seeds = image_seeds(seed, ids.to(device))
+    return {k: batched_kmeans(points, min(k, h * w), seed=seeds, iters=iters).labels.view(B, h, w).cpu()
+            for k in ks}
+
+
+def upsample_nearest(labels: Tensor, height: int, width: int) -> np.ndarray:
+    """(h, w) grid labels → (height, width) int32 by nearest upsampling."""
+    up = F.interpolate(labels[None, None].float(), size=(height, width), mode="nearest-exact")
+    return up[0, 0].to(torch.int32).numpy()
