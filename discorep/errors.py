@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot work (e.g. --k 0); the message says which and why."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Every user-facing error class (imported lazily so `discorep --help` does not load torch)."""
     from discorep.data.images import BadImageError, DatasetError
@@ -13,7 +17,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from discorep.engine.train import NonFiniteLossError, TooManyBadImagesError
 
     return (ConfigError, CheckpointError, BadImageError, DatasetError, PriorError, NonFiniteLossError,
-            TooManyBadImagesError, LabelIdError, AlignInputError, FileNotFoundError)
+            TooManyBadImagesError, LabelIdError, AlignInputError, UsageError, FileNotFoundError)
 
 
 def describe(err: BaseException) -> str:

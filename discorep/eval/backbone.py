@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from discorep.checkpoint import CheckpointError, load_checkpoint
 from discorep.models.backbones import ARCHS, Encoder
 from discorep.models.heads import MLP
+from discorep.errors import UsageError
 
 RANDOM_SEED = 0  # the fixed seed of every `random:<arch>` baseline
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,7 +116,7 @@ def dense_features(model: EvalModel, images: Tensor, kind: str = "c5", project: 
     """
     out = model.encoder(images)
     if kind not in out:
-        raise ValueError(f"features '{kind}' are not available for {model.source} "
+        raise UsageError(f"features '{kind}' are not available for {model.source} "
                          f"(available: {', '.join(sorted(out))})")
     h = out[kind]
     if kind == "fpn" and project and model.projector is not None:

@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 from discorep.discovery.kmeans import batched_kmeans
 from discorep.discovery.random import image_seeds
 from discorep.eval.backbone import EvalModel, dense_features, normalize_images, resize_for_eval
+from discorep.errors import UsageError
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128)  # 255 proposals per image (Odin §3.2)
 
@@ -27,7 +28,7 @@ def parse_ks(text: str | Sequence[int]) -> list[int]:
     """"1,2,4" → [1, 2, 4]; each K a positive integer."""
     values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
     if not values or any(k < 1 for k in values):
-        raise ValueError(f"--k must be a comma-separated list of positive integers, got {text!r}")
+        raise UsageError(f"--k must be a comma-separated list of positive integers, got {text!r}")
     return values
 
 

@@ -1,0 +1,215 @@
+"""`discorep discover`: unsupervised segmentation of every image of a folder (Odin A.4).
+
+Each image is resized to `size`×`size`, encoded, its feature vectors L2-normalised and clustered per
+image by seeded k-means for every requested K (`eval.segment`), and the feature-grid labels are
+upsampled (nearest) to the image's original, upright size.
+
+Output layout (under `out/`), mirroring the input folder so that names are unique and deterministic:
+
+* `<rel>.npz` — one `int32` array `labels_k<K>` of shape (H, W) per requested K, where `<rel>` is the
+  image's path relative to `images/` without its extension (`a/b/cat.jpg` → `a/b/cat.npz`). When two
+  images of one folder differ only by extension (`cat.jpg`, `cat.png`), both keep their extension
+  (`cat.jpg.npz`, `cat.png.npz`). A K larger than the feature grid is clamped to the number of grid
+  points, but the array keeps the requested K in its name so that consumers find every key.
+* `<rel>.png` (or `<rel>.jpg.png` etc.) — the image with the `overlay_k` segments drawn on it, at the
+  original size; images whose long side exceeds `OVERLAY_MAX_SIDE` are drawn downscaled to that
+  side (the npz is always full size), which keeps huge scans from producing huge pictures.
+* `skipped.txt` — one `<relative path>\\t<reason>` line per unreadable image (empty when none).
+* `discover.json` — the settings and counts (also returned by `run_discover`).
+
+Seeds are per image, derived from `seed` and a hash of the image's relative path, so an image's
+segmentation depends neither on the batch size nor on which other images are in the folder.
+Files under `out/` are never read as inputs, so `--out` may lie inside `--images`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from discorep.checkpoint import CheckpointError
+from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
+from discorep.errors import UsageError
+from discorep.eval.backbone import EvalModel, load_model
+from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
+from discorep.viz import overlay
+
+log = logging.getLogger(__name__)
+
+OVERLAY_MAX_SIDE = 1024  # long side of the PNG overlay for larger images (npz stays full size)
+
+
+@dataclass
+class _Job:
+    path: Path
+    name: str  # output path relative to out/, without suffix ("a/b/cat")
+    image_id: int  # per-image seed input: crc32 of the relative path
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" → cuda when available, else cpu; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def choose_overlay_k(ks: list[int], overlay_k: int | None) -> int:
+    """The K drawn in the PNG: the given one, else 8 if requested, else the largest requested."""
+    if overlay_k is not None:
+        if overlay_k < 1:
+            raise UsageError(f"--overlay-k must be a positive integer, got {overlay_k}")
+        return overlay_k
+    return 8 if 8 in ks else max(ks)
+
+
+def output_names(paths: list[Path], root: Path) -> list[str]:
+    """Unique, deterministic output names (relative, no suffix) for image paths under root."""
+    rels = [p.relative_to(root).as_posix() for p in paths]
+    stems = [PurePosixPath(r).with_suffix("").as_posix() for r in rels]
+    clashes = Counter(stems)
+    names = [r if clashes[s] > 1 else s for r, s in zip(rels, stems)]
+    # A kept extension can still equal another file's stem ("x.jpg" vs "x.jpg.png"): number the later one.
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            names[i] = f"{name}~{i}"
+        seen.add(names[i])
+    return names
+
+
+def plan_jobs(images: Path, out: Path) -> list[_Job]:
+    """Every image under `images` (recursively, sorted), except files inside `out` when `out` lies
+    inside `images` (an `out` that contains `images` excludes nothing)."""
+    paths = list_images(images)  # raises DatasetError for a missing or empty folder
+    out_real = out.resolve()
+    if not images.resolve().is_relative_to(out_real):  # out inside images: skip earlier runs' overlays
+        paths = [p for p in paths if not p.resolve().is_relative_to(out_real)]
+    if not paths:
+        raise DatasetError(f"no input images under {str(images)!r} outside the output folder {str(out)!r}; "
+                           "choose an --out folder that is not the only thing inside --images")
+    names = output_names(paths, images)
+    return [_Job(p, n, zlib.crc32(p.relative_to(images).as_posix().encode())) for p, n in zip(paths, names)]
+
+
+def load_model_for_discover(checkpoint: str, device: torch.device) -> EvalModel:
+    """load_model, with CheckpointError messages flattened to one line for the CLI's "error:" output."""
+    try:
+        return load_model(checkpoint, device)
+    except CheckpointError as err:
+        raise CheckpointError(" ".join(str(err).split())) from err
+
+
+def _load_batch(jobs: list[_Job], size: int, skipped: list[tuple[_Job, str]]):
+    """Decode a batch; unreadable images go to `skipped` (warned, never silent)."""
+    kept, pics, tensors = [], [], []
+    for job in jobs:
+        try:
+            img = load_rgb(job.path)
+        except BadImageError as err:
+            log.warning("skipping %s: %s", job.path, err.reason)
+            skipped.append((job, err.reason))
+            continue
+        kept.append(job)
+        pics.append(img)
+        tensors.append(prepare(img, size))
+    return kept, pics, tensors
+
+
+def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor) -> Image.Image:
+    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE."""
+    w, h = img.size
+    scale = min(1.0, OVERLAY_MAX_SIDE / max(w, h))
+    if scale < 1.0:
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        img = img.resize((w, h), Image.BICUBIC)
+    # Upsampling the grid straight to the picture size equals downscaling the full-size map (nearest).
+    labels = upsample_nearest(grid_labels, h, w).astype(np.int64)
+    return Image.fromarray(overlay(np.asarray(img), labels))
+
+
+def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torch.Tensor],
+                   ks: list[int], overlay_k: int) -> None:
+    w, h = img.size
+    target = out / job.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"labels_k{k}": upsample_nearest(grids[k], h, w) for k in ks}
+    # Write to a temporary name first so an interrupted run never leaves a truncated npz behind.
+    tmp = target.parent / f".{target.name}.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(target.parent / f"{target.name}.npz")
+    _overlay_picture(img, grids[overlay_k]).save(target.parent / f"{target.name}.png")
+
+
+def _log_clamping(ks: list[int], grid: tuple[int, int]) -> list[int]:
+    """Say once which K exceed the number of grid points (segment_batch clamps them)."""
+    points = grid[0] * grid[1]
+    clamped = [k for k in ks if k > points]
+    if clamped:
+        log.info("K=%s exceed the %dx%d=%d feature-grid points; clamped to %d (every point its own segment); "
+                 "use a larger --size or finer --features for more segments",
+                 ",".join(map(str, clamped)), grid[0], grid[1], points, points)
+    return clamped
+
+
+def _write_skipped(out: Path, images: Path, skipped: list[tuple[_Job, str]]) -> None:
+    lines = [f"{job.path.relative_to(images).as_posix()}\t{reason}\n" for job, reason in skipped]
+    (out / "skipped.txt").write_text("".join(lines))
+
+
+def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: str = "1,2,4,8,16,32,64,128",
+                 size: int = 448, features: str = "c5", overlay_k: int | None = None, device: str = "auto",
+                 batch_size: int = 8, seed: int = 0) -> dict:
+    """Segment every image under `images` into `out` (layout in the module docstring); returns the summary."""
+    images, out = Path(images), Path(out)
+    k_list = parse_ks(ks)
+    draw_k = choose_overlay_k(k_list, overlay_k)
+    cluster_ks = k_list if draw_k in k_list else [*k_list, draw_k]
+    if batch_size < 1 or size < 1:
+        raise UsageError(f"--batch-size and --size must be positive, got {batch_size} and {size}")
+    jobs = plan_jobs(images, out)
+    dev = resolve_device(device)
+    model = load_model_for_discover(checkpoint, dev)
+    out.mkdir(parents=True, exist_ok=True)
+
+    skipped: list[tuple[_Job, str]] = []
+    grid: tuple[int, int] | None = None
+    written = 0
+    with tqdm(total=len(jobs), desc="discover", unit="img") as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            kept, pics, tensors = _load_batch(chunk, size, skipped)
+            if kept:
+                ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
+                labels = segment_batch(model, torch.stack(tensors), cluster_ks, features, seed=seed, image_ids=ids)
+                if grid is None:
+                    grid = tuple(labels[cluster_ks[0]].shape[1:])
+                    _log_clamping(k_list, grid)
+                for b, (job, img) in enumerate(zip(kept, pics)):
+                    _write_outputs(out, job, img, {k: v[b] for k, v in labels.items()}, k_list, draw_k)
+                    written += 1
+            bar.update(len(chunk))
+
+    _write_skipped(out, images, skipped)
+    summary = {
+        "checkpoint": str(checkpoint), "arch": model.arch, "images": str(images), "ks": k_list,
+        "size": size, "features": features, "grid": list(grid) if grid else None,
+        "clamped_ks": [k for k in k_list if grid and k > grid[0] * grid[1]], "overlay_k": draw_k,
+        "seed": seed, "device": str(dev), "batch_size": batch_size, "overlay_max_side": OVERLAY_MAX_SIDE,
+        "found": len(jobs), "written": written, "skipped": len(skipped),
+    }
+    (out / "discover.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if written == 0:
+        raise DatasetError(f"none of the {len(jobs)} images under {str(images)!r} could be read "
+                           f"(reasons in {out / 'skipped.txt'}); check the files or the folder")
+    log.info("discover: wrote %d segmentations to %s (%d skipped)", written, out, len(skipped))
+    return summary
