@@ -40,6 +40,7 @@ from discorep.checkpoint import CheckpointError
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
 from discorep.errors import UsageError
 from discorep.eval.backbone import EvalModel, load_model
+from discorep.eval.report import resolve_device
 from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
 from discorep.viz import overlay
 
@@ -53,13 +54,6 @@ class _Job:
     path: Path
     name: str  # output path relative to out/, without suffix ("a/b/cat")
     image_id: int  # per-image seed input: crc32 of the relative path
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" → cuda when available, else cpu; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def choose_overlay_k(ks: list[int], overlay_k: int | None) -> int:

@@ -10,10 +10,8 @@ accuracy, and the table + JSON report.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -142,18 +140,3 @@ def topk_accuracy(scores: Tensor, labels: Tensor, k: int) -> float:
 
 def skipped_json(skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"path": p, "reason": r} for p, r in skipped]
-
-
-def emit_report(title: str, rows: list[tuple[str, object]], out: str | os.PathLike | None, payload: dict) -> None:
-    """Print a two-column table and, when `out` is given, write `payload` as JSON (atomically)."""
-    width = max(len(name) for name, _ in rows)
-    print(title)
-    for name, value in rows:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {name:<{width}}  {text}")
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(out)
