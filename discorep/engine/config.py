@@ -131,6 +131,30 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Label-using probes run during pretraining; labels never touch the training itself."""
+
+    every_epochs: int = 0  # 0 = never; else after every N epochs and at the end
+    knn_train: Optional[str] = None  # labelled image folders (class sub-folders)
+    knn_val: Optional[str] = None
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    objects_coco: Optional[str] = None  # a small COCO-format probe set
+    objects_images: Optional[str] = None
+    objects_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    size: int = 224
+    features: Literal["c4", "c5", "fpn"] = "c5"
+
+    def validate(self) -> None:
+        if self.every_epochs < 0:
+            raise ConfigError("eval.every_epochs must be >= 0")
+        if (self.knn_train is None) != (self.knn_val is None):
+            raise ConfigError("eval.knn_train and eval.knn_val go together")
+        if (self.objects_coco is None) != (self.objects_images is None):
+            raise ConfigError("eval.objects_coco and eval.objects_images go together")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -138,6 +162,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         m = self.method

@@ -22,6 +22,7 @@ from discorep.engine.configio import ConfigError, diff_configs, save_config, to_
 from discorep.engine.distributed import DistInfo, init_distributed, shutdown
 from discorep.engine.logger import RunLogger
 from discorep.engine.optim import clip_grad_norm
+from discorep.engine.periodic_eval import PeriodicEval
 from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
@@ -72,6 +73,7 @@ class Trainer:
         self.skipped: dict[str, str] = {}
         self.stop_requested = False
         self.logger = RunLogger(run_dir, enabled=dist_info.is_main)
+        self.periodic_eval = PeriodicEval(cfg, dist_info.device)
         if dist_info.is_main:
             log.info("%s on %s: %d process(es) x batch %d = global batch %d; %d images, %d steps/epoch, "
                      "%d steps (%.4g epochs); run folder %s", cfg.method.name, dist_info.device,
@@ -207,6 +209,15 @@ class Trainer:
         picture.save(out)
         self.logger.image("masks", self.step, np.asarray(picture))
 
+    def maybe_evaluate(self, epoch: int) -> None:
+        """k-NN / ABO probes every eval.every_epochs epochs (main process; the others wait)."""
+        if not self.periodic_eval.due(epoch, last=self.step == self.end_step):
+            return
+        if self.dist.is_main:
+            self.logger.scalars(self.step, {"epoch": epoch, **self.periodic_eval(self.method)})
+        if self.dist.world_size > 1:
+            dist.barrier()
+
     def log_step(self, loss: float, logs: dict, lr: float, images_per_s: float) -> None:
         values = {"loss": loss, "lr": lr, "epoch": self.step / self.steps_per_epoch, "img_per_s": images_per_s}
         values.update({k: float(v) for k, v in logs.items()})
@@ -239,6 +250,7 @@ class Trainer:
                 epoch = self.step // self.steps_per_epoch
                 if epoch % self.cfg.train.picture_every_epochs == 0 or self.step == self.end_step:
                     self.pictures(f"epoch_{epoch:03d}")
+                self.maybe_evaluate(epoch)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == self.end_step:
                 self.save()
             if self.stop_requested:

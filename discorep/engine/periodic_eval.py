@@ -1,0 +1,67 @@
+"""k-NN accuracy and object-discovery ABO measured every N epochs during pretraining (R2O Fig. 4).
+
+Runs on the main process with the live online network switched to eval mode (and back), so a user
+watches the representation and the masks improve without labels ever reaching the training loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from discorep.engine.config import Config
+
+log = logging.getLogger("discorep")
+
+
+@contextmanager
+def _eval_mode(*modules: nn.Module):
+    states = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, state in zip(modules, states):
+            m.train(state)
+
+
+class PeriodicEval:
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        e = cfg.eval
+        self.enabled = e.every_epochs > 0 and (e.knn_train is not None or e.objects_coco is not None)
+        self.coco = None
+        if self.enabled and e.objects_coco is not None:
+            from discorep.data.datasets import CocoDataset
+
+            self.coco = CocoDataset(e.objects_coco, e.objects_images)
+
+    def due(self, epoch: int, last: bool) -> bool:
+        return self.enabled and (epoch % self.cfg.eval.every_epochs == 0 or last)
+
+    @torch.no_grad()
+    def __call__(self, method) -> dict[str, float]:
+        from discorep.eval.backbone import EvalModel
+
+        e = self.cfg.eval
+        online = method.online
+        model = EvalModel(online.encoder, online.projector, self.cfg.model.arch, "online", {})
+        metrics: dict[str, float] = {}
+        with _eval_mode(online):
+            if e.knn_train is not None:
+                from discorep.eval.knn import evaluate_knn
+
+                knn = evaluate_knn(model, e.knn_train, e.knn_val, e.size, e.features, self.device,
+                                   e.knn_k, e.knn_temperature)
+                metrics["eval/knn_top1"] = knn["top1"]
+            if self.coco is not None:
+                from discorep.eval.objects import evaluate_objects
+
+                obj = evaluate_objects(model, self.coco, e.objects_ks, e.size, e.features, progress=False)
+                metrics.update({"eval/abo_i": obj["abo_i"], "eval/abo_c": obj["abo_c"], "eval/or": obj["or"]})
+        log.info("evaluation: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
