@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from discorep.discovery.sources import feature_kmeans_labels, region_embeddings, region_kmeans_labels
+from discorep.discovery.align import align_masks_views
+from discorep.discovery.sources import (cluster_masks, feature_kmeans_labels, paint, region_clusters,
+                                       region_embeddings, region_kmeans_labels, whole_frame_masks)
 from discorep.engine.config import MethodConfig
 from discorep.methods.discovery_net import DiscoveryNet
 
@@ -49,7 +51,8 @@ def test_region_embeddings_are_mask_means():
     feats = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
     prior = torch.zeros(1, 8, 8, dtype=torch.long)
     prior[:, :, 4:] = 1
-    emb, present = region_embeddings(feats, prior, 2)
+    regions = whole_frame_masks(prior, 2, (4, 4))
+    emb, present = region_embeddings(feats, regions.soft), regions.present
     torch.testing.assert_close(emb[0, 0], feats[0, :, :, :2].mean((1, 2)))
     torch.testing.assert_close(emb[0, 1], feats[0, :, :, 2:].mean((1, 2)))
     assert present.all()
@@ -70,3 +73,20 @@ def test_discovery_network_continuous_ema_and_discrete_copies():
     copies = [disc.update(online, step_done=s, steps_per_epoch=5) for s in range(1, 21)]
     assert [s for s, c in zip(range(1, 21), copies) if c] == [10, 20]  # every 2 epochs of 5 steps
     assert torch.equal(disc.net.weight, online.weight)
+
+
+def test_cluster_masks_equal_aligning_the_painted_label_map():
+    """RoIAlign is linear: summing the regions' aligned masks per cluster = aligning painted labels."""
+    g = torch.Generator().manual_seed(1)
+    B, P, R, K = 3, 40, 12, 4
+    prior = torch.randint(0, R, (B, P, P), generator=g)
+    prior[0, :5, :5] = -1
+    feats = torch.randn(B, 8, 5, 5, generator=g)
+    regions = whole_frame_masks(prior, R, (5, 5))
+    clusters = region_clusters(feats, regions.soft, regions.present, K, seed=0)
+    frame = torch.tensor([[0.0, 0.0, 80.0, 60.0]]).expand(B, 4)
+    boxes = torch.tensor([[5.0, 3.0, 50.0, 41.0], [0.0, 0.0, 80.0, 60.0], [30.0, 10.0, 79.0, 59.0]])
+    flips = torch.tensor([True, False, True])
+    (by_region,) = align_masks_views(prior, frame, [boxes], [flips], 7, R)
+    (painted,) = align_masks_views(paint(prior, clusters), frame, [boxes], [flips], 7, K)
+    torch.testing.assert_close(cluster_masks(by_region, clusters, K).soft, painted.soft, atol=1e-5, rtol=1e-5)

@@ -92,27 +92,46 @@ def align_masks(labels: Tensor, frame_boxes: Tensor, view_boxes: Tensor, view_fl
     area covered by each mask; cells outside the frame get 0 (RoIAlign replicates the border for half a
     label pixel). `present[b, m]` is `soft[b, m].sum() >= min_cells` (in grid cells).
     """
+    return align_masks_views(labels, frame_boxes, [view_boxes], [view_flips], grid, num_masks,
+                             min_cells=min_cells)[0]
+
+
+def align_masks_views(labels: Tensor, frame_boxes: Tensor, view_boxes: list[Tensor], view_flips: list[Tensor],
+                      grid: int | tuple[int, int], num_masks: int, *, min_cells: float = 0.5) -> list[AlignedMasks]:
+    """`align_masks` for several views of the same label maps: one one-hot, one RoIAlign call."""
     if not isinstance(labels, Tensor):
         raise AlignInputError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     gh, gw = _grid_size(grid)
     onehot = labels_to_onehot(labels, num_masks)
-    B, _, h, w = onehot.shape
-    frame_boxes = _check_boxes("frame_boxes", frame_boxes, B).to(labels.device)
-    view_boxes = _check_boxes("view_boxes", view_boxes, B).to(labels.device)
-    view_flips = view_flips.to(device=labels.device, dtype=torch.bool).reshape(-1)
-    if view_flips.shape != (B,):
-        raise AlignInputError(f"view_flips must have shape ({B},), got {tuple(view_flips.shape)}")
+    return align_onehot_views(onehot, frame_boxes, view_boxes, view_flips, (gh, gw), min_cells=min_cells)
+
+
+def align_onehot_views(onehot: Tensor, frame_boxes: Tensor, view_boxes: list[Tensor], view_flips: list[Tensor],
+                       grid: tuple[int, int], *, min_cells: float = 0.5) -> list[AlignedMasks]:
+    """Align (B, M, h, w) masks (one-hot or any non-negative weights) into several views at once."""
+    B, M, h, w = onehot.shape
+    gh, gw = grid
+    device = onehot.device
+    frame_boxes = _check_boxes("frame_boxes", frame_boxes, B).to(device)
+    flips = []
+    for f in view_flips:
+        f = f.to(device=device, dtype=torch.bool).reshape(-1)
+        if f.shape != (B,):
+            raise AlignInputError(f"view_flips must have shape ({B},), got {tuple(f.shape)}")
+        flips.append(f)
     if B == 0:
-        return AlignedMasks(onehot.new_zeros(0, num_masks, gh, gw), torch.zeros(0, num_masks, dtype=torch.bool,
-                                                                                  device=labels.device))
-    rois = _rois(frame_boxes, view_boxes, h, w)
+        empty = AlignedMasks(onehot.new_zeros(0, M, gh, gw), torch.zeros(0, M, dtype=torch.bool, device=device))
+        return [empty for _ in view_boxes]
+    rois = torch.cat([_rois(frame_boxes, _check_boxes("view_boxes", vb, B).to(device), h, w) for vb in view_boxes])
     # aligned=True: pixel (i, j) covers [j, j+1) × [i, i+1), the box convention. sampling_ratio=0 takes
     # ceil(bin size) samples per bin and axis: at least one per label pixel, so the bilinear samples
     # average to the cell's area fraction when downsampling (exact when bins are whole pixels).
-    soft = roi_align(onehot, rois, output_size=(gh, gw), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-    soft = torch.where(view_flips[:, None, None, None], soft.flip(-1), soft)
-    present = soft.sum(dim=(-2, -1)) >= min_cells
-    return AlignedMasks(soft=soft, present=present)
+    soft_all = roi_align(onehot, rois, output_size=(gh, gw), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    out = []
+    for soft, flip in zip(soft_all.split(B), flips):
+        soft = torch.where(flip[:, None, None, None], soft.flip(-1), soft)
+        out.append(AlignedMasks(soft=soft, present=soft.sum(dim=(-2, -1)) >= min_cells))
+    return out
 
 
 def hard_masks(soft: Tensor) -> Tensor:

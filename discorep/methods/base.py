@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
-from discorep.discovery.align import AlignedMasks, align_masks, hard_masks
+from discorep.discovery.align import AlignedMasks, align_masks_views, hard_masks
 from discorep.discovery.pooling import mask_pool, sample_mask_ids
 from discorep.discovery.random import image_seeds
 from discorep.engine.config import Config
@@ -112,37 +113,44 @@ class PretrainMethod(nn.Module):
             target = self.target(both)[self.feature].chunk(2)
         return list(online), [t.detach() for t in target]
 
+    @record_function("discorep/align")
     def align_to_views(self, labels: Tensor, frame_boxes: Tensor, num_masks: int,
                        batch: dict[str, Tensor]) -> tuple[AlignedMasks, AlignedMasks]:
-        g = self.grid()
-        m1 = align_masks(labels, frame_boxes, batch["box1"], batch["flip1"], g, num_masks)
-        m2 = align_masks(labels, frame_boxes, batch["box2"], batch["flip2"], g, num_masks)
+        m1, m2 = align_masks_views(labels, frame_boxes, [batch["box1"], batch["box2"]],
+                                   [batch["flip1"], batch["flip2"]], self.grid(), num_masks)
         return m1, m2
 
     def object_loss(self, feats_online: list[Tensor], feats_target: list[Tensor],
                     masks: tuple[AlignedMasks, AlignedMasks], index: Tensor,
                     info: StepInfo) -> tuple[Tensor, dict]:
         """Sample masks present in both views, pool, project, predict, and apply the configured loss."""
-        cfg = self.cfg.method
         m1, m2 = masks
         present_both = m1.present & m2.present
-        ids = sample_mask_ids(present_both, cfg.num_masks, seeds=info.image_seeds(index, salt=1))
+        ids = sample_mask_ids(present_both, self.cfg.method.num_masks, seeds=info.image_seeds(index, salt=1))
         valid = present_both.gather(1, ids)
-        pooled = []
-        for f_on, f_t, m in zip(feats_online, feats_target, (m1, m2)):
-            soft = hard_masks(m.soft) if cfg.hard_masks else m.soft
-            sel = torch.gather(soft, 1, ids[:, :, None, None].expand(-1, -1, *soft.shape[-2:]))
-            pooled.append((mask_pool(f_on, sel.to(f_on.dtype)), mask_pool(f_t, sel.to(f_t.dtype))))
-        (h_on1, h_t1), (h_on2, h_t2) = pooled
-        q1, q2 = self.predictor(self.online.projector(h_on1)), self.predictor(self.online.projector(h_on2))
-        with torch.no_grad():
-            z1, z2 = self.target.projector(h_t1), self.target.projector(h_t2)
+        q1, z2, q2, z1 = self.pool_and_project(feats_online, feats_target, masks, ids)
         loss = self.pair_loss(q1, z2, q2, z1, valid, ids)
         # Tensors, not floats: the engine reads them only on logging steps (no host sync per step).
         logs = {"masks_valid": valid.float().mean().detach(),
                 "masks_present": present_both.sum(1).float().mean().detach()}
         return loss, logs
 
+    @record_function("discorep/pool_heads")
+    def pool_and_project(self, feats_online: list[Tensor], feats_target: list[Tensor],
+                         masks: tuple[AlignedMasks, AlignedMasks], ids: Tensor) -> tuple[Tensor, ...]:
+        """Pool the sampled masks (Odin eq. 1); online q(g(h)) and target g(h) for both views."""
+        pooled = []
+        for f_on, f_t, m in zip(feats_online, feats_target, masks):
+            soft = hard_masks(m.soft) if self.cfg.method.hard_masks else m.soft
+            sel = torch.gather(soft, 1, ids[:, :, None, None].expand(-1, -1, *soft.shape[-2:]))
+            pooled.append((mask_pool(f_on, sel.to(f_on.dtype)), mask_pool(f_t, sel.to(f_t.dtype))))
+        (h_on1, h_t1), (h_on2, h_t2) = pooled
+        q1, q2 = self.predictor(self.online.projector(h_on1)), self.predictor(self.online.projector(h_on2))
+        with torch.no_grad():
+            z1, z2 = self.target.projector(h_t1), self.target.projector(h_t2)
+        return q1, z2, q2, z1
+
+    @record_function("discorep/loss")
     def pair_loss(self, q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor, ids: Tensor) -> Tensor:
         """BYOL (symmetrised 2−2cos, weighted by validity) or contrastive (Odin eq. 2–4) on (B, S, D)."""
         cfg = self.cfg.method

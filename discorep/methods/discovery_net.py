@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from discorep.engine.config import MethodConfig
 from discorep.models.ema import copy_params_, ema_update_, make_ema_copy
 
 
 @torch.no_grad()
+@record_function("discorep/discovery_forward")
 def dense_features(branch: nn.Module, x: Tensor, feature: str, project: bool = False) -> Tensor:
     """(B, D, h, w) features of `branch` (encoder [+ projector per vector]) with BN in eval mode."""
     was_training = branch.training

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
-from discorep.discovery.sources import region_kmeans_labels
+from discorep.discovery.align import AlignedMasks, align_onehot_views, labels_to_onehot
+from discorep.discovery.sources import cluster_masks, region_clusters, region_kmeans_labels
 from discorep.engine.config import Config
 from discorep.engine.schedules import k_at, k_lr_scale
 from discorep.methods.base import PretrainMethod, StepInfo
@@ -33,17 +35,34 @@ class R2O(PretrainMethod):
         m = self.cfg.method
         return k_at(info.epoch, schedule=m.k_schedule, K0=m.K0, K_f=m.K_f, t_alpha=m.t_alpha, T=info.total_epochs)
 
+    def region_network(self):
+        return self.discovery.net if self.discovery is not None else self.target
+
     def mask_labels(self, batch: dict[str, Tensor], info: StepInfo, K: int) -> Tensor:
+        """The painted label map (B, P, P) on the raw frame (used for pictures)."""
         m = self.cfg.method
-        network = self.discovery.net if self.discovery is not None else self.target
-        feats = dense_features(network, batch["raw"], m.region_features)
+        feats = dense_features(self.region_network(), batch["raw"], m.region_features)
         return region_kmeans_labels(feats, batch["prior"], batch["prior_num"], K,
                                     seed=info.kmeans_seed(), iters=m.kmeans_iters)
 
+    def view_masks(self, batch: dict[str, Tensor], info: StepInfo, K: int) -> tuple[AlignedMasks, AlignedMasks]:
+        """Cluster masks in both views: the prior is rasterised once and aligned to the raw grid (for
+        the region embeddings) and to both views (cluster masks = sums of their regions' masks)."""
+        m = self.cfg.method
+        feats = dense_features(self.region_network(), batch["raw"], m.region_features)
+        with record_function("discorep/align"):
+            onehot = labels_to_onehot(batch["prior"], batch["prior_num"])
+            raw_box, no_flip = batch["raw_box"], torch.zeros_like(batch["flip1"])
+            (raw,) = align_onehot_views(onehot, raw_box, [raw_box], [no_flip], tuple(feats.shape[-2:]), min_cells=1e-6)
+            v1, v2 = align_onehot_views(onehot, raw_box, [batch["box1"], batch["box2"]],
+                                        [batch["flip1"], batch["flip2"]], (self.grid(), self.grid()))
+        clusters = region_clusters(feats, raw.soft, raw.present, K, seed=info.kmeans_seed(), iters=m.kmeans_iters)
+        with record_function("discorep/align"):
+            return cluster_masks(v1, clusters, K), cluster_masks(v2, clusters, K)
+
     def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
         K = self.current_K(info)
-        labels = self.mask_labels(batch, info, K)
-        masks = self.align_to_views(labels, batch["raw_box"], K, batch)
+        masks = self.view_masks(batch, info, K)
         online, target = self.encode_views(batch)
         loss, logs = self.object_loss(online, target, masks, batch["index"], info)
         logs["K"] = torch.tensor(float(K))
