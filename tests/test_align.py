@@ -30,14 +30,7 @@ EXPECTED_HARD = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],
                               [[0.0, 0.0], [0.0, 0.0]]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Per-image ops are tiny: on 2 shared cores, intra-op threads spin against each other (measured
-    ~2 ms vs ~130 ms per sample under load), so run these tests single-threaded and restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_onehot_hand_case():

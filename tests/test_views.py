@@ -18,14 +18,7 @@ NO_COLOUR = dict(jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0
 SMALL = dict(size=32, spanning_size=64, raw_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Per-image ops are tiny: on 2 shared cores, intra-op threads spin against each other (measured
-    ~2 ms vs ~130 ms per sample under load), so run these tests single-threaded and restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(h: int, w: int, seed: int = 0) -> Image.Image:
