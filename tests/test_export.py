@@ -113,11 +113,13 @@ def test_timm_transformer_export_loads_into_the_default_timm_model(tmp_path, arc
 
 def _expected_d2_keys(blocks, convs) -> set[str]:
     """detectron2's documented ResNet layout: stem.conv1 (+ norm), res2..res5 blocks with
-    conv1..convN (+ norm), shortcut (+ norm) only in block 0 of each stage."""
+    conv1..convN (+ norm), shortcut (+ norm) only in block 0 of a stage whose width or stride changes
+    (every stage of a bottleneck ResNet; not res2 of R18, whose 64 -> 64 channels need none)."""
     keys = {"stem.conv1.weight", *(f"stem.conv1.norm.{p}" for p in NORM_STATS)}
     for stage, n in zip(range(2, 6), blocks):
         for b in range(n):
-            names = [f"conv{c}" for c in convs] + (["shortcut"] if b == 0 else [])
+            shortcut = b == 0 and (stage > 2 or len(convs) == 3)
+            names = [f"conv{c}" for c in convs] + (["shortcut"] if shortcut else [])
             for name in names:
                 keys |= {f"res{stage}.{b}.{name}.weight", *(f"res{stage}.{b}.{name}.norm.{p}" for p in NORM_STATS)}
     return keys

@@ -1,60 +1,107 @@
-"""Export the online backbone of a pretraining checkpoint for torchvision, timm, detectron2 or mmseg."""
+"""Export the online backbone of a pretraining checkpoint for torchvision, timm, detectron2 or mmseg.
+
+How to load each export (`f` is the written file):
+
+* torchvision (ResNets): `torchvision.models.resnet50().load_state_dict(torch.load(f), strict=True)`.
+  The `fc` is an all-zero placeholder so that strict=True works: replace it with your head
+  (`model.fc = nn.Linear(2048, n)`) or train it. The features equal the trained online backbone's.
+* timm: `timm.create_model(name, pretrained=False).load_state_dict(torch.load(f), strict=True)` with
+  name resnet18 / resnet50 / swin_tiny_patch4_window7_224 / vit_small_patch16_224; the classifier
+  (`fc` or `head`) is the same zero placeholder.
+* detectron2 (ResNets; the file must end in .pkl): `MODEL.WEIGHTS f.pkl`, and because the weights are
+  torchvision-style (stride in the 3x3 conv, RGB input, ImageNet mean/std in 0..255):
+  `MODEL.RESNETS.STRIDE_IN_1X1 False`, `INPUT.FORMAT RGB`, `MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]`,
+  `MODEL.PIXEL_STD [58.395, 57.12, 57.375]`; for resnet18 also `MODEL.RESNETS.DEPTH 18`,
+  `MODEL.RESNETS.RES2_OUT_CHANNELS 64`.
+* mmseg (ResNets): backbone `type="ResNet"` (not ResNetV1c: the stem is torchvision's), `style="pytorch"`,
+  `init_cfg=dict(type="Pretrained", checkpoint=f, prefix="backbone.")`, or `load_from=f` for the whole
+  segmentor (keys are under `backbone.`).
+
+A GroupNorm backbone (model.norm "gn", 32 groups on every ResNet width) loads the same way once the
+model is built with GroupNorm: torchvision `norm_layer=lambda c: nn.GroupNorm(32, c)`, detectron2
+`MODEL.RESNETS.NORM GN`, mmseg `norm_cfg=dict(type="GN", num_groups=32)`.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from discorep.checkpoint import CheckpointError, load_checkpoint
-from discorep.export.converters import to_detectron2, to_mmseg, to_timm, to_torchvision
+from discorep.checkpoint import CheckpointError, _write_atomic, load_checkpoint
+from discorep.errors import UsageError
+from discorep.export.converters import CONVERTERS
+from discorep.models.backbones import ARCHS
 
-TARGETS = ("torchvision", "timm", "detectron2", "mmseg")
+__all__ = ["TARGETS", "export_backbone", "online_backbone"]
+
+TARGETS = tuple(CONVERTERS)
+_PREFIX = "encoder.backbone."  # the FPN (encoder.fpn.*) and the projector (projector.*) are dropped
 
 
-def online_backbone(checkpoint: str | os.PathLike) -> tuple[dict, str]:
-    """The online encoder's backbone weights (FPN and heads dropped) and the architecture."""
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or "online" not in state or "config" not in state:
-        raise CheckpointError(f"{checkpoint}: not a discorep pretraining checkpoint (no 'online' network)")
-    prefix = "encoder.backbone."
-    backbone = {k[len(prefix):]: v for k, v in state["online"].items() if k.startswith(prefix)}
+def _model_config(state: dict, checkpoint: Path) -> dict:
+    config = state.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or model.get("arch") not in ARCHS:
+        raise CheckpointError(f"{checkpoint}: its config names no known architecture (config.model.arch must be "
+                              f"one of {', '.join(ARCHS)}); pass a file from runs/<name>/checkpoints/")
+    return model
+
+
+def online_backbone(checkpoint: str | os.PathLike) -> tuple[OrderedDict[str, Tensor], str, str]:
+    """(backbone weights of the online encoder, arch, norm) of a pretraining checkpoint.
+
+    Only `online` is read: the target, discovery network, predictor, FPN and projector stay behind.
+    """
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)  # weights_only: never executes code from the file
+    if not isinstance(state.get("online"), dict):
+        raise CheckpointError(f"{checkpoint}: not a discorep pretraining checkpoint (no 'online' network); "
+                              "pass a file from runs/<name>/checkpoints/")
+    model = _model_config(state, checkpoint)
+    backbone = OrderedDict((k[len(_PREFIX):], v) for k, v in state["online"].items() if k.startswith(_PREFIX))
     if not backbone:
-        raise CheckpointError(f"{checkpoint}: the online network has no backbone weights")
-    return backbone, state["config"]["model"]["arch"]
+        raise CheckpointError(f"{checkpoint}: the online network has no '{_PREFIX}*' weights")
+    return backbone, model["arch"], model.get("norm", "bn")
 
 
-def _write_atomic(obj, out: Path, use_pickle: bool) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if use_pickle:
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f)
+def _serialise(payload: dict, to: str) -> bytes:
+    buffer = io.BytesIO()
+    if to == "detectron2":
+        # detectron2 reads a .pkl with plain pickle (numpy arrays), not torch.load
+        pickle.dump(payload, buffer, protocol=4)
     else:
-        torch.save(obj, tmp)
-    os.replace(tmp, out)
-    return out
+        torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def export_backbone(*, checkpoint: str | os.PathLike, to: str, out: str | os.PathLike) -> Path:
-    """Write the online backbone in `to`'s format. Load the results with:
+    """Write the online backbone of `checkpoint` in `to`'s format to `out` (atomically); returns `out`.
 
-    * torchvision: `torchvision.models.resnet50().load_state_dict(torch.load(f), strict=True)`
-      (the fc is a zero placeholder: replace it with your head);
-    * timm: `timm.create_model(name).load_state_dict(torch.load(f))` (ResNets; Swin/ViT with num_classes=0);
-    * detectron2: `MODEL.WEIGHTS f.pkl` (numpy weights, detectron2 names, `matching_heuristics`);
-    * mmseg: `init_cfg=dict(type="Pretrained", checkpoint=f)` (keys under `backbone.`).
+    Raises UsageError (a ValueError) for an unknown `to`, an unsupported arch/target pair or a
+    detectron2 file not named *.pkl, and CheckpointError for a file that is not a pretraining checkpoint
+    or cannot be written. See the module docstring for how each toolkit loads the result.
     """
-    if to not in TARGETS:
-        raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
-    backbone, arch = online_backbone(checkpoint)
-    convert = {"torchvision": to_torchvision, "timm": to_timm, "detectron2": to_detectron2, "mmseg": to_mmseg}[to]
+    if to not in CONVERTERS:
+        raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    out = Path(out)
+    if to == "detectron2" and out.suffix != ".pkl":
+        raise UsageError(f"--out {out}: detectron2 only reads *.pkl files as pickled weights; name it {out.stem}.pkl")
+    backbone, arch, norm = online_backbone(checkpoint)
     try:
-        payload = convert(backbone, arch)
+        payload = CONVERTERS[to](backbone, arch, norm)
     except ValueError as err:
-        from discorep.errors import UsageError
-
-        raise UsageError(str(err)) from err
-    return _write_atomic(payload, Path(out), use_pickle=(to == "detectron2"))
+        raise UsageError(f"{checkpoint}: {err}") from err
+    data = _serialise(payload, to)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(memoryview(data), out)
+    except OSError as err:
+        raise CheckpointError(f"could not write {out}: {err.strerror or err} "
+                              "(an earlier file there is unchanged)") from err
+    return out

@@ -1,7 +1,10 @@
-"""Key renaming from the online backbone (torchvision/timm names) to each fine-tuning toolkit.
+"""Key layouts of the fine-tuning toolkits, built from the online backbone (torchvision/timm names).
 
 Only the online backbone is exported: Odin and R2O discard the target and discovery networks after
 pretraining (Odin §3.1), and the FPN, projector and predictor are pretraining heads.
+
+Every converter is a pure function `(backbone state dict, arch, norm) -> payload`; a ValueError says
+what cannot be converted and what to use instead.
 """
 
 from __future__ import annotations
@@ -10,70 +13,142 @@ import re
 from collections import OrderedDict
 
 import torch
+import torchvision
 from torch import Tensor
+
+from discorep.models.backbones import convert_norm
 
 RESNETS = ("resnet18", "resnet50")
 TIMM_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "swin_t": "swin_tiny_patch4_window7_224",
               "vit_s": "vit_small_patch16_224"}
-FC_IN = {"resnet18": 512, "resnet50": 2048}
+HEAD_PREFIXES = ("fc.", "head.")  # torchvision/timm ResNet classifier; timm ViT/Swin classifier
+
+State = OrderedDict[str, Tensor]
 
 
-def _without_counters(state: dict[str, Tensor]) -> "OrderedDict[str, Tensor]":
-    """BN's num_batches_tracked is bookkeeping, not a weight; toolkits recreate it."""
-    return OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+def _require_resnet(arch: str, to: str) -> None:
+    if arch not in RESNETS:
+        raise ValueError(f"--to {to} supports ResNets ({', '.join(RESNETS)}), not {arch}: export a {arch} "
+                         "with --to timm (its backbone is timm's model) and convert that with the toolkit's own tools")
 
 
-def with_placeholder_fc(state: dict[str, Tensor], arch: str, num_classes: int = 1000) -> "OrderedDict[str, Tensor]":
-    """torchvision/timm ResNets own an `fc`; a zero fc (documented placeholder for the user's own head)
-    lets the export load with strict=True into `torchvision.models.<arch>()`."""
-    out = OrderedDict(state)
-    out["fc.weight"] = torch.zeros(num_classes, FC_IN[arch])
-    out["fc.bias"] = torch.zeros(num_classes)
+# ------------------------------------------------------------------------------ reference layouts
+def reference_state(to: str, arch: str, norm: str) -> State:
+    """The state dict of the toolkit's default model for `arch` (classifier included), on the meta
+    device: shapes and names only, nothing allocated. `norm` is applied as the Encoder applies it, so
+    a GroupNorm backbone is compared with a GroupNorm model."""
+    with torch.device("meta"):
+        if to == "torchvision":
+            net = getattr(torchvision.models, arch)(weights=None)
+        else:
+            import timm
+
+            net = timm.create_model(TIMM_NAMES[arch], pretrained=False)
+        net = convert_norm(net, "gn" if norm == "gn" else "bn")  # syncbn has BN's keys
+    return OrderedDict(net.state_dict())
+
+
+def check_against(backbone: dict[str, Tensor], reference: dict[str, Tensor], what: str) -> list[str]:
+    """Raise unless `backbone` is `reference` minus its classifier; returns the classifier's keys.
+
+    Checked at export time so that a mismatch is reported here, not as a failed load in the toolkit.
+    """
+    unexpected = [k for k in backbone if k not in reference]
+    reshaped = [k for k in backbone if k in reference and tuple(backbone[k].shape) != tuple(reference[k].shape)]
+    missing = [k for k in reference if k not in backbone]
+    not_head = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    if unexpected or reshaped or not_head:
+        raise ValueError(f"the checkpoint's backbone does not match {what}: unexpected {unexpected[:5]}, "
+                         f"wrong shape {reshaped[:5]}, missing {not_head[:5]}")
+    return missing
+
+
+def _with_zero_head(backbone: dict[str, Tensor], reference: dict[str, Tensor], what: str) -> State:
+    """Backbone + an all-zero classifier, in the reference's key order.
+
+    The toolkits' default models own a classifier, and strict=True needs its keys. Zeros (not a random
+    init) make the placeholder obvious and deterministic: the logits are 0 until the user replaces or
+    trains the head; the features are the trained ones.
+    """
+    head = check_against(backbone, reference, what)
+    out = OrderedDict()
+    for key, ref in reference.items():
+        out[key] = torch.zeros(ref.shape, dtype=ref.dtype) if key in head else backbone[key]
     return out
 
 
-def to_torchvision(backbone: dict[str, Tensor], arch: str) -> "OrderedDict[str, Tensor]":
+# ------------------------------------------------------------------------------------ converters
+def to_torchvision(backbone: dict[str, Tensor], arch: str, norm: str = "bn") -> State:
     if arch not in RESNETS:
         raise ValueError(f"--to torchvision supports {', '.join(RESNETS)}; a {arch} backbone is a timm model: "
                          "use --to timm")
-    return with_placeholder_fc(backbone, arch)
+    return _with_zero_head(backbone, reference_state("torchvision", arch, norm), f"torchvision.models.{arch}()")
 
 
-def to_timm(backbone: dict[str, Tensor], arch: str) -> "OrderedDict[str, Tensor]":
-    """timm's ResNets use torchvision's names; Swin/ViT backbones already are timm models (head removed:
-    load with `timm.create_model(name, num_classes=0)`)."""
-    return with_placeholder_fc(backbone, arch) if arch in RESNETS else OrderedDict(backbone)
+def to_timm(backbone: dict[str, Tensor], arch: str, norm: str = "bn") -> State:
+    """timm's ResNets use torchvision's names; Swin/ViT backbones already are timm models (the Encoder
+    builds them with num_classes=0, so only the classifier is added back)."""
+    name = TIMM_NAMES[arch]
+    return _with_zero_head(backbone, reference_state("timm", arch, norm), f"timm.create_model({name!r})")
 
 
-_D2_BLOCK = [(r"^bn(\d)\.", r"conv\1.norm."), (r"^downsample\.0\.", "shortcut."), (r"^downsample\.1\.", "shortcut.norm.")]
+def _check_resnet(backbone: dict[str, Tensor], arch: str, norm: str, to: str) -> None:
+    _require_resnet(arch, to)
+    check_against(backbone, reference_state("torchvision", arch, norm), f"a torchvision {arch}")
+
+
+_D2_BLOCK = ((re.compile(r"^bn(\d)\."), r"conv\1.norm."),
+             (re.compile(r"^downsample\.0\."), "shortcut."),
+             (re.compile(r"^downsample\.1\."), "shortcut.norm."))
+_LAYER = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
 
 
 def detectron2_key(key: str) -> str:
-    """torchvision ResNet key → detectron2 ResNet key (stem.conv1, res2..res5, convN.norm, shortcut)."""
+    """torchvision ResNet key → detectron2 ResNet key: stem.conv1 (+ .norm), layerN → res{N+1},
+    bnK → convK.norm, downsample.0/1 → shortcut / shortcut.norm."""
     if key.startswith("conv1."):
         return "stem." + key
     if key.startswith("bn1."):
         return "stem.conv1.norm." + key[len("bn1."):]
-    m = re.match(r"^layer(\d)\.(\d+)\.(.*)$", key)
+    m = _LAYER.match(key)
     if not m:
-        raise ValueError(f"unexpected ResNet key {key!r}")
-    stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+        raise ValueError(f"no detectron2 name for ResNet key {key!r}")
+    rest = m.group(3)
     for pattern, repl in _D2_BLOCK:
-        rest = re.sub(pattern, repl, rest)
-    return f"res{stage}.{block}.{rest}"
+        rest = pattern.sub(repl, rest)
+    return f"res{int(m.group(1)) + 1}.{m.group(2)}.{rest}"
 
 
-def to_detectron2(backbone: dict[str, Tensor], arch: str) -> dict:
-    """detectron2's checkpoint format: a pickled dict with numpy weights under detectron2 names."""
-    if arch not in RESNETS:
-        raise ValueError(f"--to detectron2 supports ResNets ({', '.join(RESNETS)}), not {arch}")
-    model = {detectron2_key(k): v.detach().cpu().numpy() for k, v in _without_counters(backbone).items()}
-    if len(model) != len(_without_counters(backbone)):
-        raise AssertionError("detectron2 renaming is not one-to-one")
+def _without_counters(state: dict[str, Tensor]) -> State:
+    """BN's num_batches_tracked is bookkeeping, not a weight; detectron2's (Frozen)BN has none."""
+    return OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+
+
+def to_detectron2(backbone: dict[str, Tensor], arch: str, norm: str = "bn") -> dict:
+    """detectron2's checkpoint format: a pickled dict, numpy weights under detectron2 names."""
+    _check_resnet(backbone, arch, norm, "detectron2")
+    weights = _without_counters(backbone)
+    model = {detectron2_key(k): v.detach().cpu().numpy() for k, v in weights.items()}
+    if len(model) != len(weights):  # two source keys on one name would silently drop a weight
+        raise ValueError("detectron2 renaming is not one-to-one")
     return {"model": model, "__author__": "discorep", "matching_heuristics": True}
 
 
-def to_mmseg(backbone: dict[str, Tensor], arch: str) -> dict:
-    """mmseg/mmcv ResNets use torchvision's names; the backbone sits under `backbone.`."""
-    return {"state_dict": OrderedDict((f"backbone.{k}", v) for k, v in _without_counters(backbone).items())}
+_BN = re.compile(r"(^|\.)bn(\d)\.")
 
+
+def mmseg_key(key: str, norm: str = "bn") -> str:
+    """mmseg's ResNet (mmcv) uses torchvision's names, except that mmcv names a norm layer by its
+    type: GroupNorm layers are gn1/gn2/gn3 where BatchNorm ones are bn1/bn2/bn3."""
+    if norm == "gn":
+        key = _BN.sub(r"\1gn\2.", key)
+    return f"backbone.{key}"
+
+
+def to_mmseg(backbone: dict[str, Tensor], arch: str, norm: str = "bn") -> dict:
+    """`{"state_dict": {"backbone.<key>": tensor}}`, the classifier dropped (mmseg has none)."""
+    _check_resnet(backbone, arch, norm, "mmseg")
+    return {"state_dict": OrderedDict((mmseg_key(k, norm), v) for k, v in backbone.items())}
+
+
+CONVERTERS = {"torchvision": to_torchvision, "timm": to_timm, "detectron2": to_detectron2, "mmseg": to_mmseg}
