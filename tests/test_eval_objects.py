@@ -1,148 +1,162 @@
-"""Object discovery (ABO/OR) and foreground metrics against hand computations, pycocotools, brute force."""
+"""`eval objects` / `eval foreground` end to end: ground-truth label maps must score exactly 1."""
 
 from __future__ import annotations
 
-import itertools
 import json
+import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 
+from discorep.cli import main
 from discorep.data.datasets import CocoDataset
 from discorep.data.demo import make_scenes
-from discorep.eval import metrics
+from discorep.data.images import DatasetError
+from discorep.eval import foreground as foreground_mod
 from discorep.eval import objects as objects_mod
-from discorep.eval.backbone import load_model
 
-
-def test_abo_and_or_on_hand_built_masks():
-    gt = np.zeros((2, 4, 4), bool)
-    gt[0, :2, :2] = True          # 4 px
-    gt[1, 2:, :] = True           # 8 px
-    labels = np.zeros((4, 4), int)
-    labels[:2, :3] = 1            # 6 px, covers gt0 (inter 4) → IoU 4/6
-    labels[2:, :2] = 2            # 4 px inside gt1 → IoU 4/8
-    # K=1 map (all one segment): IoU(gt0)=4/16, IoU(gt1)=8/16.
-    ious = metrics.iou_with_label_maps(gt, [np.zeros((4, 4), int), labels])
-    bo = metrics.best_overlap(ious)
-    np.testing.assert_allclose(bo, [4 / 6, 0.5])
-    assert metrics.abo(bo) == pytest.approx((4 / 6 + 0.5) / 2)
-    assert metrics.object_recovery(bo) == pytest.approx(0.5)  # 0.5 is not > 0.5
-
-
-def test_ious_equal_pycocotools_on_the_same_rles():
-    rng = np.random.default_rng(0)
-    gt = rng.random((5, 30, 40)) < 0.3
-    labels = [rng.integers(0, k, (30, 40)) for k in (1, 2, 4, 8)]
-    props = metrics.proposals_from_labels(labels)
-    assert len(props) == 15
-    enc = lambda m: mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))  # noqa: E731
-    oracle = mask_utils.iou(enc(gt), enc(props), [0] * len(props))
-    np.testing.assert_allclose(metrics.mask_iou_matrix(gt, props), oracle, rtol=1e-6)
-    np.testing.assert_allclose(metrics.iou_with_label_maps(gt, labels), oracle, rtol=1e-6)
-
-
-def test_abo_c_merges_instances_of_a_category():
-    gt = np.zeros((3, 4, 4), bool)
-    gt[0, 0, :] = gt[1, 1, :] = True  # two instances of category 7
-    gt[2, 3, :] = True
-    merged, cats = metrics.merge_by_category(gt, np.array([7, 7, 3]))
-    assert list(cats) == [3, 7] and merged[1].sum() == 8 and merged[0].sum() == 4
-    labels = np.zeros((4, 4), int)
-    labels[:2] = 1  # exactly the merged category-7 region
-    scores = metrics.image_scores(gt, np.array([7, 7, 3]), [labels])
-    assert scores["abo_c"] > scores["abo_i"]
-    assert scores["abo_c"] == pytest.approx((1.0 + 4 / 8) / 2)
-
-
-def test_filter_small_scales_with_resolution_and_keeps_16_largest():
-    H = W = 448  # 4x the area of 224²: the 100-px threshold becomes 400 px
-    masks = np.zeros((20, H, W), bool)
-    for t in range(20):
-        masks[t, t, : 20 + 20 * t] = True  # areas 20, 40, ..., 400
-    kept, cats = metrics.filter_small(masks, np.arange(20))
-    assert list(cats) == [19]
-    big = np.zeros((20, 224, 224), bool)
-    for t in range(20):
-        big[t, : t + 1, :] = True  # areas 224·(t+1) ≥ 100
-    kept, cats = metrics.filter_small(big, np.arange(20))
-    assert list(cats) == list(range(4, 20))  # the 16 largest
-
-
-def _brute_force_foreground(labels, fg):
-    """All one-to-one assignments of 2 distinct segments to (background, foreground)."""
-    ids = list(np.unique(labels))
-    best = (-1.0, 0.0)
-    for bg_id, fg_id in itertools.permutations(ids, 2):
-        iou_fg = metrics.mask_iou_matrix(fg[None], (labels == fg_id)[None])[0, 0]
-        iou_bg = metrics.mask_iou_matrix(~fg[None], (labels == bg_id)[None])[0, 0]
-        best = max(best, (iou_fg + iou_bg, iou_fg))
-    return best[1]
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_hungarian_foreground_equals_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 5, (12, 12))
-    fg = np.zeros((12, 12), bool)
-    fg[3:9, 2:10] = True
-    labels[fg & (rng.random((12, 12)) < 0.7)] = 2  # segment 2 mostly foreground
-    _, iou = metrics.hungarian_foreground(labels, fg)
-    assert iou == pytest.approx(_brute_force_foreground(labels, fg))
-    assert metrics.oracle_foreground(labels, fg)[1] >= iou - 1e-12
+OBJECT_OPTS = {"checkpoint": "random:resnet18", "size": 64, "features": "c4", "device": "cpu", "batch_size": 4,
+               "seed": 0, "filter_small": False}
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
-    return make_scenes(root, 6, seed=4, image_size=(80, 96)), root / "images"
+    return make_scenes(root, 6, seed=4, image_size=(96, 96)), root / "images"
 
 
-def test_objects_pipeline_scores_perfect_proposals_as_one(scenes, monkeypatch, tmp_path):
-    ann, images = scenes
-    dataset = CocoDataset(ann, images)
-    truth = {}
-    for i in range(len(dataset)):
-        item = dataset[i]
-        lab = np.zeros(item["masks"].shape[1:], int)
-        for t, m in enumerate(item["masks"]):
-            lab[m.astype(bool)] = t + 1
-        truth[i] = torch.from_numpy(lab)
-
-    def perfect(model, images, ks, features="c5", *, seed=0, image_ids=None, iters=50):
-        return {k: torch.stack([truth[int(i)] for i in image_ids]) for k in ks}
-
-    monkeypatch.setattr(objects_mod, "segment_batch", perfect)
-    # The masks are already at full resolution, so nearest "upsampling" is the identity.
-    monkeypatch.setattr(objects_mod, "upsample_nearest", lambda lab, H, W: lab.numpy())
-    result = objects_mod.evaluate_objects(load_model("random:resnet18"), dataset, [2], 64, "c5", progress=False)
-    assert result["abo_i"] == pytest.approx(1.0) and result["or"] == pytest.approx(1.0)
-    assert result["abo_c"] <= 1.0 and result["n_images"] == 6
+def _truth_maps(ann, images):
+    """Per dataset index: instance-id map (0 = background) and category-id map."""
+    ds = CocoDataset(ann, images)
+    inst, cat = {}, {}
+    for i in range(len(ds)):
+        item = ds[i]
+        inst[i] = np.zeros(item["masks"].shape[1:], np.int64)
+        cat[i] = np.zeros(item["masks"].shape[1:], np.int64)
+        for t, (m, c) in enumerate(zip(item["masks"].astype(bool), item["category_ids"])):
+            inst[i][m], cat[i][m] = t + 1, c
+    return inst, cat
 
 
-def test_objects_cli_end_to_end_writes_finite_numbers(scenes, tmp_path):
-    from discorep.cli import main
+def _fake_segment(inst, cat):
+    """A segment_batch that returns the ground truth: instances for the first K, categories for the rest."""
+    def segment(model, images, ks, features="c5", *, seed=0, image_ids=None, iters=50):
+        pick = lambda k, i: torch.from_numpy((inst if k == ks[0] else cat)[int(i)])
+        return {k: torch.stack([pick(k, i) for i in image_ids]) for k in ks}
+    return segment
 
-    ann, images = scenes
-    out = tmp_path / "objects.json"
-    code = main(["eval", "objects", "--checkpoint", "random:resnet18", "--coco", str(ann), "--images", str(images),
-                 "--k", "1,2,4", "--size", "64", "--features", "c4", "--out", str(out)])
-    assert code == 0
-    data = json.loads(out.read_text())
+
+def _check_report(data, n_images):
     for key in ("abo_i", "abo_c", "or"):
-        assert 0.0 <= data[key] <= 1.0
-    assert data["n_images"] == 6 and data["n_proposals_per_image"] == 7 and data["settings"]["ks"] == [1, 2, 4]
+        assert math.isfinite(data[key]) and 0.0 <= data[key] <= 1.0
+        per = [r[key] for r in data["per_image"]]
+        assert all(0.0 <= v <= 1.0 for v in per)
+        assert data[key] == pytest.approx(np.mean(per))  # mean over images (Odin §3.2)
+    assert data["n_images"] == len(data["per_image"]) == n_images
 
 
-def test_foreground_cli_with_coco_ground_truth_and_oracle(scenes, tmp_path):
-    from discorep.cli import main
+def test_objects_cli_end_to_end_with_random_resnet18(scenes, tmp_path):
+    ann, images = scenes
+    out = tmp_path / "sub" / "objects.json"
+    assert main(["eval", "objects", "--checkpoint", "random:resnet18", "--coco", str(ann), "--images", str(images),
+                 "--k", "1,2,4", "--size", "64", "--features", "c4", "--batch-size", "4", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    _check_report(data, 6)
+    assert data["n_proposals_max"] == 7 and data["settings"]["ks"] == [1, 2, 4]
+    assert data["settings"]["crowd"] == "excluded" and data["n_skipped_unreadable"] == 0
+    # K=1 is the whole image, so every instance has BO ≥ its area fraction: ABO_i > 0.
+    assert data["abo_i"] > 0
 
+
+def test_objects_with_ground_truth_label_maps_scores_exactly_one(scenes, tmp_path, monkeypatch):
+    ann, images = scenes
+    monkeypatch.setattr(objects_mod, "segment_batch", _fake_segment(*_truth_maps(ann, images)))
+    out = tmp_path / "perfect.json"
+    objects_mod.run(coco=ann, images=images, k="1,2,4", out=out, **OBJECT_OPTS)
+    data = json.loads(out.read_text())
+    _check_report(data, 6)
+    assert (data["abo_i"], data["abo_c"], data["or"]) == (1.0, 1.0, 1.0)
+
+
+def _blocky_coco(root, H=96, W=64, grid=16):
+    """A non-square image whose instances are unions of the grid's cells (each (H/grid)×(W/grid) px),
+    so a grid-resolution label map upsampled (nearest) to H×W reproduces them exactly."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(root / "images" / "a.png")
+    cells = np.zeros((grid, grid), np.int64)
+    cells[2:7, 3:12], cells[9:15, 1:5], cells[10:13, 8:15] = 1, 2, 3
+    anns = []
+    for t in (1, 2, 3):
+        full = np.kron(cells == t, np.ones((H // grid, W // grid), bool))
+        rle = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+        anns.append({"id": t, "image_id": 1, "category_id": 1 + (t > 1), "iscrowd": 0,
+                     "segmentation": {"size": [H, W], "counts": rle["counts"].decode()}})
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+                               "annotations": anns, "categories": [{"id": 1}, {"id": 2}]}))
+    return ann, cells
+
+
+def test_grid_labels_are_upsampled_to_the_original_non_square_resolution(tmp_path, monkeypatch):
+    ann, cells = _blocky_coco(tmp_path)
+    category_cells = np.where(cells > 1, 2, cells)
+    for shift, expect_perfect in ((0, True), (1, False)):
+        inst = {0: np.roll(cells, shift, axis=0)}
+        monkeypatch.setattr(objects_mod, "segment_batch", _fake_segment(inst, {0: np.roll(category_cells, shift, 0)}))
+        result = objects_mod.run(coco=ann, images=tmp_path / "images", k="1,2", out=None, **OBJECT_OPTS)
+        assert (result["abo_i"] == 1.0 and result["abo_c"] == 1.0) is expect_perfect
+
+
+def test_objects_skips_unreadable_and_unannotated_images(scenes, tmp_path):
+    ann, images = scenes
+    shutil.copytree(images, tmp_path / "images")
+    (tmp_path / "images" / "scene_000002.png").write_bytes(b"not a png")
+    data = json.loads(ann.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 4]  # image 4 → index 3
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    result = objects_mod.run(coco=tmp_path / "ann.json", images=tmp_path / "images", k="1,2", out=None,
+                             **OBJECT_OPTS)
+    assert result["n_images"] == 4
+    assert (result["n_skipped_unreadable"], result["n_skipped_no_annotations"]) == (1, 1)
+    assert sorted(s["path"].rsplit("/", 1)[1] for s in result["skipped"]) == ["scene_000002.png", "scene_000003.png"]
+    for p in (tmp_path / "images").glob("*.png"):
+        p.write_bytes(b"broken")
+    with pytest.raises(DatasetError, match="no usable"):
+        objects_mod.run(coco=tmp_path / "ann.json", images=tmp_path / "images", k="1", out=None, **OBJECT_OPTS)
+
+
+def test_foreground_coco_ground_truth_with_oracle(scenes, tmp_path):
     ann, images = scenes
     out = tmp_path / "fg.json"
     assert main(["eval", "foreground", "--checkpoint", "random:resnet18", "--coco", str(ann), "--images",
-                 str(images), "--size", "64", "--features", "c4", "--oracle", "--out", str(out)]) == 0
+                 str(images), "--size", "64", "--features", "c4", "--batch-size", "4", "--oracle",
+                 "--out", str(out)]) == 0
     data = json.loads(out.read_text())
+    assert data["settings"]["k"] == 5 and data["n_images"] == 6
     assert 0 < data["miou"] <= data["oracle_upper_bound_miou"] <= 1
-    assert data["settings"]["k"] == 5
+    assert all(r["iou"] <= r["oracle_iou"] + 1e-12 for r in data["per_image"])
+    assert data["miou"] == pytest.approx(np.mean([r["iou"] for r in data["per_image"]]))
+
+
+def test_foreground_mask_folder_with_split_background_scores_exactly_one(scenes, tmp_path, monkeypatch):
+    ann, images = scenes
+    inst, _ = _truth_maps(ann, images)
+    (tmp_path / "masks").mkdir()
+    labels = {}
+    for i, lab in inst.items():
+        fg = lab > 0
+        Image.fromarray(fg.astype(np.uint8) * 255).save(tmp_path / "masks" / f"scene_{i:06d}.png")
+        cols = np.broadcast_to(np.arange(fg.shape[1]) * 3 // fg.shape[1], fg.shape)
+        labels[i] = np.where(fg, 3, cols)  # the background split into three vertical bands, object = 3
+    (tmp_path / "masks" / "scene_000005.png").unlink()  # one image without a mask: skipped, named
+    monkeypatch.setattr(foreground_mod, "segment_batch", _fake_segment(labels, labels))
+    result = foreground_mod.run(checkpoint="random:resnet18", coco=None, masks=tmp_path / "masks", images=images,
+                                k=5, size=64, features="c4", device="cpu", batch_size=4, seed=0,
+                                out=tmp_path / "fg.json", oracle=True)
+    assert (result["miou"], result["miou_fg_bg"], result["oracle_upper_bound_miou"]) == (1.0, 1.0, 1.0)
+    assert result["n_images"] == 5 and result["skipped"][0]["path"].endswith("scene_000005.png")

@@ -1,11 +1,14 @@
-"""`discorep eval objects`: object discovery on a COCO-format set (Odin §3.2, A.4).
+"""`discorep eval objects`: object discovery on a COCO-format set (Odin §3.2, A.4, eq. 8–11).
 
-Each image is resized to `size`×`size` (the whole image; Odin A.4 takes a central crop first — we keep
-every annotated object instead), encoded, and segmented by k-means for every K (1, 2, 4, …, 128:
-255 proposals). Labels are upsampled (nearest) to the original resolution. Per ground-truth segment
-the best IoU over proposals is its BO; per image ABO_i (instance masks), ABO_c (instances of a category
-merged) and OR (fraction of instances with BO > 0.5); then averaged over images. Crowd annotations
-are excluded; images without (non-crowd) annotations are skipped and counted.
+Each image is resized to `size`×`size` and segmented by k-means over its dense features for every K
+(1, 2, 4, …, 128: 255 proposals). Odin A.4 first takes a central crop; we keep the *whole* image
+(stretched to a square) so that no annotated object is cut off, and upsample the feature-grid labels
+(nearest) back to the original H×W, where the ground truth lives — so the ground truth is never
+resampled. Per ground-truth segment the best IoU over all proposals is its BO; per image ABO_i
+(instance masks), ABO_c (instances of one category merged) and OR (fraction of instances with
+BO > 0.5) are computed, then averaged over images. Crowd annotations (`iscrowd=1`) are excluded: they
+mark groups of objects, not one object. Images without (non-crowd) annotations cannot have an ABO and
+are skipped and counted, as are unreadable images (named; fatal only when no image is usable).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nea
 
 log = logging.getLogger("discorep")
 
+METRICS = ("abo_i", "abo_c", "or")
+UNREADABLE, NO_ANNOTATIONS = "unreadable", "no_annotations"
+
 
 class _Items(Dataset):
-    """Decoded, resized images with their non-crowd instance masks; bad images become skips."""
+    """Decoded, resized images with their non-crowd instance masks; problems become skip records."""
 
     def __init__(self, coco: CocoDataset, size: int, filter_small: bool):
         self.coco, self.size, self.filter_small = coco, size, filter_small
@@ -40,66 +46,77 @@ class _Items(Dataset):
         return len(self.coco)
 
     def __getitem__(self, i: int) -> dict:
+        path = str(self.coco.path(i))
         try:
             item = self.coco[i]
         except (BadImageError, DatasetError) as err:
-            return {"index": i, "skip": str(getattr(err, "reason", err))}
+            return {"index": i, "path": path, "skip": UNREADABLE, "reason": str(getattr(err, "reason", err))}
         keep = ~item["iscrowd"]
         masks, cats = item["masks"][keep].astype(bool), item["category_ids"][keep]
         if self.filter_small:
-            masks, cats = filter_small_masks(masks, cats)
+            masks, cats = filter_small_masks(masks, cats, masks.shape[1:])
         if len(masks) == 0:
-            return {"index": i, "skip": "no (non-crowd) annotations"}
-        return {"index": i, "image": prepare(item["image"], self.size), "masks": masks, "cats": cats,
-                "path": item["path"]}
+            return {"index": i, "path": path, "skip": NO_ANNOTATIONS, "reason": "no (non-crowd) annotations"}
+        return {"index": i, "path": path, "image": prepare(item["image"], self.size), "masks": masks,
+                "cats": cats}
 
 
-def _loader(items: _Items, batch_size: int) -> DataLoader:
-    return DataLoader(items, batch_size=batch_size, num_workers=min(2, torch.get_num_threads()),
-                      collate_fn=list)
+def _score_batch(model: EvalModel, good: list[dict], ks: Sequence[int], features: str, seed: int) -> list[dict]:
+    """k-means proposals for a batch of images, scored against each image's ground truth."""
+    labels = segment_batch(model, torch.stack([b["image"] for b in good]), ks, features, seed=seed,
+                           image_ids=torch.tensor([b["index"] for b in good]))
+    rows = []
+    for j, b in enumerate(good):
+        H, W = b["masks"].shape[1:]
+        maps = [upsample_nearest(labels[k][j], H, W) for k in ks]
+        rows.append({"index": b["index"], "path": b["path"], **image_scores(b["masks"], b["cats"], maps)})
+    return rows
 
 
-def evaluate_objects(model: EvalModel, coco: CocoDataset, ks: Sequence[int], size: int, features: str, *,
-                     batch_size: int = 8, seed: int = 0, filter_small: bool = False,
-                     progress: bool = True) -> dict:
-    """ABO_i / ABO_c / OR of k-means proposals; returns means, per-image values and skips."""
+def evaluate_objects(model: EvalModel, dataset: CocoDataset, ks: Sequence[int], size: int, features: str, *,
+                     batch_size: int = 8, seed: int = 0, filter_small: bool = False, progress: bool = True,
+                     num_workers: int = 2) -> dict:
+    """Mean ABO_i / ABO_c / OR over usable images (also callable on a small probe set while training).
+
+    Returns {"abo_i", "abo_c", "or", "n_images", "per_image", "skipped", "n_skipped_unreadable",
+    "n_skipped_no_annotations", "n_proposals_max"}. Raises DatasetError when no image is usable.
+    """
     per_image, skipped = [], []
-    items = _Items(coco, size, filter_small)
-    bar = tqdm(total=len(items), desc="objects", unit="img", disable=not progress)
-    for batch in _loader(items, batch_size):
-        skipped += [(str(coco.path(b["index"])), b["skip"]) for b in batch if "skip" in b]
-        good = [b for b in batch if "skip" not in b]
-        if good:
-            images = torch.stack([b["image"] for b in good])
-            labels = segment_batch(model, images, ks, features, seed=seed,
-                                   image_ids=torch.tensor([b["index"] for b in good]))
-            for j, b in enumerate(good):
-                H, W = b["masks"].shape[1:]
-                maps = [upsample_nearest(labels[k][j], H, W) for k in ks]
-                per_image.append({"path": b["path"], **image_scores(b["masks"], b["cats"], maps)})
-        bar.update(len(batch))
-    bar.close()
+    loader = DataLoader(_Items(dataset, size, filter_small), batch_size=batch_size, collate_fn=list,
+                        num_workers=min(num_workers, len(dataset)))
+    with tqdm(total=len(dataset), desc="objects", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            skipped += [{k: b[k] for k in ("path", "skip", "reason")} for b in batch if "skip" in b]
+            good = [b for b in batch if "skip" not in b]
+            if good:
+                per_image += _score_batch(model, good, ks, features, seed)
+            bar.update(len(batch))
     if not per_image:
-        raise DatasetError(f"no usable annotated image in {coco.ann_file} ({len(skipped)} skipped)")
-    means = {m: float(np.mean([r[m] for r in per_image])) for m in ("abo_i", "abo_c", "or")}
-    return {**means, "n_images": len(per_image), "n_proposals_per_image": int(sum(ks)),
-            "per_image": per_image, "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+        raise DatasetError(f"{dataset.ann_file}: no usable annotated image ({len(skipped)} skipped, e.g. "
+                           f"{skipped[0]['path'] if skipped else '-'}: {skipped[0]['reason'] if skipped else ''})")
+    means = {m: float(np.mean([r[m] for r in per_image])) for m in METRICS}  # Odin: average over images
+    return {**means, "n_images": len(per_image), "per_image": per_image, "skipped": skipped,
+            "n_skipped_unreadable": sum(s["skip"] == UNREADABLE for s in skipped),
+            "n_skipped_no_annotations": sum(s["skip"] == NO_ANNOTATIONS for s in skipped),
+            "n_proposals_max": int(sum(ks))}
 
 
 def run(*, checkpoint: str, coco: Path, images: Path, k: str, size: int, features: str, device: str,
         batch_size: int, seed: int, out: Path | None, filter_small: bool) -> dict:
     ks = parse_ks(k)
     model = load_model(checkpoint, resolve_device(device))
-    dataset = CocoDataset(coco, images)
-    result = evaluate_objects(model, dataset, ks, size, features, batch_size=batch_size, seed=seed,
-                              filter_small=filter_small)
-    for path, reason in ((s["path"], s["reason"]) for s in result["skipped"]):
-        log.warning("skipped %s: %s", path, reason)
-    settings = {"checkpoint": checkpoint, "coco": str(coco), "images": str(images), "ks": ks, "size": size,
-                "features": features, "seed": seed, "filter_small": filter_small}
-    rows = [("ABO_i", result["abo_i"]), ("ABO_c", result["abo_c"]), ("OR", result["or"]),
-            ("images", result["n_images"]), ("skipped", len(result["skipped"])),
-            ("proposals/image", result["n_proposals_per_image"])]
-    emit_report(f"object discovery — {checkpoint} ({features}, {size}px, K={k})", rows, out,
+    result = evaluate_objects(model, CocoDataset(coco, images), ks, size, features, batch_size=batch_size,
+                              seed=seed, filter_small=filter_small)
+    for s in result["skipped"]:
+        log.warning("skipped %s: %s", s["path"], s["reason"])
+    settings = {"checkpoint": checkpoint, "coco": coco, "images": images, "ks": ks, "size": size,
+                "features": features, "seed": seed, "filter_small": filter_small, "batch_size": batch_size,
+                "crop": "none: whole image resized to size x size, labels upsampled (nearest) to H x W",
+                "crowd": "excluded"}
+    rows = [("ABO_i", result["abo_i"]), ("ABO_c", result["abo_c"]), ("OR (BO > 0.5)", result["or"]),
+            ("images", result["n_images"]), ("skipped: unreadable", result["n_skipped_unreadable"]),
+            ("skipped: no annotations", result["n_skipped_no_annotations"]),
+            ("proposals/image (max)", result["n_proposals_max"])]
+    emit_report(f"object discovery — {checkpoint} ({features}, {size}px, K={','.join(map(str, ks))})", rows, out,
                 {"task": "objects", "settings": settings, **result})
     return result

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -18,20 +20,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _fmt(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, (float, np.floating)) else str(value)
 
 
-def print_table(title: str, rows: list[tuple[str, object]]) -> None:
-    """A two-column table (name, value)."""
-    width = max((len(name) for name, _ in rows), default=0)
-    print(title)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {_fmt(value)}")
+def print_table(title: str, rows: list[dict], columns: Sequence[str]) -> str:
+    """Print `rows` as an aligned table of `columns` (missing cells blank); returns the text."""
+    cells = [[str(c) for c in columns]] + [[_fmt(r[c]) if c in r else "" for c in columns] for r in rows]
+    widths = [max(len(line[j]) for line in cells) for j in range(len(columns))]
+    lines = [title] + ["  " + "  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells]
+    lines.insert(2, "  " + "  ".join("-" * w for w in widths))
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+    """Plain JSON types: NaN/inf → null (strict JSON has no NaN), numpy → python, paths → str."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -42,17 +50,17 @@ def _json_safe(obj):
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
-    """Atomically write `payload` (NaN/inf as strings, paths as strings)."""
+    """Atomically write `payload` (creates parent folders) so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    tmp.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 
 
 def emit_report(title: str, rows: list[tuple[str, object]], out: str | os.PathLike | None, payload: dict) -> None:
-    """Print the table and, when `out` is given, write the JSON."""
-    print_table(title, rows)
+    """Print (name, value) rows as a two-column table and, when `out` is given, write the JSON."""
+    print_table(title, [{"metric": name, "value": value} for name, value in rows], ("metric", "value"))
     if out is not None:
         write_json(out, payload)
