@@ -1,6 +1,6 @@
 """What every method shares: online θ and target ξ networks, EMA, and the object-level loss path.
 
-A method subclass only chooses where masks come from (`masks`) and, for Odin, owns a discovery net.
+A method subclass only chooses where masks come from (its `forward`) and, for Odin, owns a discovery net.
 The object path (DetCon, Odin, R2O): sample mask ids present in both views → pool online and target
 features inside the masks (Odin eq. 1) → projector/predictor heads → BYOL or contrastive loss.
 """
