@@ -113,3 +113,19 @@ def test_bf16_autocast_and_channels_last_train_with_finite_losses(scenes, tmp_pa
     assert len(losses) == 4 and all(isinstance(v, float) and v == v for v in losses.values())
     fp32 = _losses(pretrain(tiny_config("odin", scenes, tmp_path / "fp32", {"train": {"max_steps": 4}})))
     assert losses[1] != fp32[1] and abs(losses[1] - fp32[1]) < 0.1 * abs(fp32[1])  # bf16 really ran, close
+
+
+def test_a_batch_of_only_unreadable_files_is_refilled_with_readable_ones(tmp_path):
+    """Bad files are replaced by the next readable image: batches keep their size (DDP-safe)."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"a{i}.png").write_bytes(b"")  # 4 zero-byte files: a whole batch of 4 could be bad
+    for i in range(4):
+        Image.new("RGB", (64, 64), (60 * i, 90, 200 - 40 * i)).save(data / f"b{i}.png")
+    cfg = tiny_config("byol", data, tmp_path, {"train": {"max_steps": 4}, "data": {"max_bad_fraction": 0.5}})
+    run_dir = pretrain(cfg)
+    assert len((run_dir / "skipped.txt").read_text().splitlines()) == 4
+    assert sorted(_losses(run_dir)) == [1, 2, 3, 4]

@@ -31,6 +31,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class PretrainDataset(Dataset):
     """Items are `(index, seed)` pairs from `ResumableBatchSampler`; returns one view dict or a skip."""
 
+    MAX_REPLACEMENTS = 16  # consecutive unreadable files tried before a sample is given up
+
     def __init__(self, paths: Sequence[Path], views: ViewSampler, prior_cache=None,
                  prior_size: int = 224, root: Path | None = None):
         self.paths = [Path(p) for p in paths]
@@ -47,18 +49,27 @@ class PretrainDataset(Dataset):
         return str(path.relative_to(self.root)) if self.root and path.is_relative_to(self.root) else str(path)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        """Views of image `index`; an unreadable image is replaced by the next readable one.
+
+        Replacing (rather than dropping) keeps every batch, and so every process of a DDP run, at
+        the same size; each unreadable file is still reported in `skipped` and never silently lost.
+        """
         index, seed = item
-        path = self.paths[index]
-        try:
-            image = load_rgb(path)
-        except BadImageError as err:
-            return {"skip": (str(path), err.reason)}
-        out = self.views(image, seed=seed)
-        out["index"] = torch.tensor(index)
-        if self.prior_cache is not None:
-            labels = self.prior_cache.get(self.prior_key(index), path)
-            out["prior"] = resize_labels(torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.prior_size)
-        return out
+        skipped = []
+        for attempt in range(self.MAX_REPLACEMENTS + 1):
+            j = (index + attempt) % len(self.paths)
+            try:
+                image = load_rgb(self.paths[j])
+            except BadImageError as err:
+                skipped.append((str(self.paths[j]), err.reason))
+                continue
+            out = self.views(image, seed=seed)
+            out["index"] = torch.tensor(j)
+            if self.prior_cache is not None:
+                labels = self.prior_cache.get(self.prior_key(j), self.paths[j])
+                out["prior"] = resize_labels(torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.prior_size)
+            return {**out, "skipped": skipped}
+        return {"skip": skipped}
 
 
 def resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
@@ -70,14 +81,15 @@ def resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack view dicts; bad images are dropped and reported in `batch["skipped"]` (never silent)."""
-    skipped = [s["skip"] for s in samples if "skip" in s]
+    """Stack view dicts; unreadable images are reported in `batch["skipped"]` (never silent)."""
+    skipped = [record for s in samples for record in s.get("skipped", s.get("skip", []))]
     good = [s for s in samples if "skip" not in s]
     batch: dict[str, Any] = {"skipped": skipped, "size": len(good)}
     if not good:
         return batch
     for key in good[0]:
-        batch[key] = torch.stack([s[key] for s in good])
+        if key != "skipped":
+            batch[key] = torch.stack([s[key] for s in good])
     if "prior" in batch:
         # Largest region id in the batch + 1: the number of one-hot masks alignment needs.
         batch["prior_num"] = int(batch["prior"].max()) + 1

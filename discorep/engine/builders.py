@@ -70,7 +70,7 @@ def picture_batch(dataset: PretrainDataset, n: int) -> dict:
         if len(samples) == n:
             break
         sample = dataset[(i, sample_seed(0, 0, i))]
-        if "skip" not in sample:
+        if "skip" not in sample and int(sample["index"]) == i:  # not a replacement of a bad file
             samples.append(sample)
     return collate_views(samples)
 
