@@ -14,10 +14,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from discorep.discovery.align import AlignInputError, LabelIdError
     from discorep.checkpoint import CheckpointError
     from discorep.engine.configio import ConfigError
-    from discorep.engine.train import NonFiniteLossError, TooManyBadImagesError
+    from discorep.engine.train import NonFiniteLossError, PeerLostError, TooManyBadImagesError
 
     return (ConfigError, CheckpointError, BadImageError, DatasetError, PriorError, NonFiniteLossError,
-            TooManyBadImagesError, LabelIdError, AlignInputError, UsageError, FileNotFoundError)
+            TooManyBadImagesError, PeerLostError, LabelIdError, AlignInputError, UsageError, FileNotFoundError)
 
 
 def describe(err: BaseException) -> str:

@@ -44,6 +44,14 @@ class TooManyBadImagesError(RuntimeError):
     pass
 
 
+class PeerLostError(RuntimeError):
+    """Another process of a distributed run died or stopped answering."""
+
+
+_PEER_FAILURE_HINTS = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout",
+                       "nccl", "gloo", "socket")
+
+
 class Trainer:
     def __init__(self, cfg: Config, dist_info: DistInfo, run_dir: Path):
         self.cfg, self.dist, self.run_dir = cfg, dist_info, run_dir
@@ -172,6 +180,20 @@ class Trainer:
         logs["tau"] = tau
         return float(loss.detach()), logs, lr
 
+    def guarded_step(self, batch: dict) -> tuple[float, dict, float]:
+        """A training step whose collective failures (a dead or hung peer) become one clear error."""
+        try:
+            return self.train_step(batch)
+        except RuntimeError as err:
+            text = str(err).lower()
+            if self.dist.world_size == 1 or not any(h in text for h in _PEER_FAILURE_HINTS):
+                raise
+            last = getattr(self, "last_checkpoint", None) or latest_checkpoint(self.run_dir)
+            reason = str(err).strip().splitlines()[0][:200]
+            raise PeerLostError(
+                f"rank {self.dist.rank}: lost contact with another process at step {self.step} ({reason}). "
+                f"Last checkpoint: {last or 'none yet'}; restart all processes with --resume auto.") from err
+
     def handle_nonfinite(self, loss: torch.Tensor) -> float:
         last = getattr(self, "last_checkpoint", None)
         if self.cfg.train.nonfinite == "stop":
@@ -236,7 +258,7 @@ class Trainer:
             if batch["size"] == 0:
                 raise TooManyBadImagesError(f"a whole batch at step {self.step} was unreadable")
             batch = builders.to_device(batch, self.dist.device)
-            loss, logs, lr = self.train_step(batch)
+            loss, logs, lr = self.guarded_step(batch)
             self.step += 1
             toc = time.perf_counter()
             img_s = batch["size"] * self.dist.world_size / max(toc - tic, 1e-9)

@@ -1,0 +1,104 @@
+"""Faults: a DDP peer dying mid-run, kill -9 then --resume auto (bit-exact), interrupted writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from discorep.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.data.demo import make_scenes
+from discorep.engine.config import Config
+from discorep.engine.configio import from_dict, save_config, to_dict
+from discorep.engine.train import pretrain
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    make_scenes(root, 16, seed=7, image_size=(96, 96))
+    return root / "images"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dying_worker(rank: int, port: int, cfg_dict: dict, result_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from discorep.methods.byol import BYOL
+
+    forward = BYOL.forward
+
+    def dying_forward(self, batch, info):
+        if rank == 1 and info.step == 3:
+            os._exit(9)  # as if killed by the OOM killer
+        return forward(self, batch, info)
+
+    BYOL.forward = dying_forward
+    from discorep.engine.train import PeerLostError
+
+    start = time.time()
+    try:
+        pretrain(from_dict(Config, cfg_dict))
+    except PeerLostError as err:
+        with open(os.path.join(result_dir, "rank0.txt"), "w") as f:
+            f.write(f"{time.time() - start:.2f}\n{err}")
+
+
+@pytest.mark.distributed
+def test_surviving_process_exits_quickly_with_a_clear_message(scenes, tmp_path):
+    cfg = tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 8, "batch_size": 2, "checkpoint_every": 2}})
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_dying_worker, args=(_free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+    report = (tmp_path / "rank0.txt").read_text().splitlines()
+    assert float(report[0]) < 60  # bounded: no hang until the process-group timeout
+    message = "\n".join(report[1:])
+    assert "lost contact with another process at step 3" in message
+    assert "step_00000002.pt" in message and "--resume auto" in message
+
+
+def _steps_logged(run_dir) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_kill_9_then_resume_auto_ends_bit_identical(scenes, tmp_path):
+    extra = {"train": {"epochs": 3, "checkpoint_every": 2}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads for both runs: same float reductions
+    ref_config = save_config(tiny_config("r2o", scenes, tmp_path / "ref", extra), tmp_path / "ref.yaml")
+    subprocess.run([sys.executable, "-m", "discorep.cli", "pretrain", "--config", str(ref_config)], env=env,
+                   check=True, capture_output=True, timeout=600)
+    reference = tmp_path / "ref" / "r2o"
+    config = save_config(tiny_config("r2o", scenes, tmp_path / "runs", extra), tmp_path / "cfg.yaml")
+    cmd = [sys.executable, "-m", "discorep.cli", "pretrain", "--config", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "r2o"
+    deadline = time.time() + 120
+    while _steps_logged(run_dir) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = _steps_logged(run_dir)
+    assert 5 <= killed_at < 12, "the run should have been killed mid-way"
+    done = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_checkpoint(latest_checkpoint(reference)), load_checkpoint(latest_checkpoint(run_dir))
+    assert a["step"] == b["step"] == 12
+    for part in ("online", "target", "heads"):
+        flat_a = a[part] if part != "heads" else a[part]["predictor"]
+        flat_b = b[part] if part != "heads" else b[part]["predictor"]
+        for key, value in flat_a.items():
+            assert torch.equal(value, flat_b[key]), f"{part}.{key}"
