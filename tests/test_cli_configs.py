@@ -55,3 +55,14 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "discorep.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "make-data" in out.stdout
+
+
+def test_a_data_set_smaller_than_one_global_batch_is_refused_with_the_numbers(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (40, 40), (i * 100, 50, 50)).save(tmp_path / f"{i}.png")
+    code = main(["pretrain", "--config", str(CONFIGS[0].parent / "byol_cpu_demo.yaml"), f"data.root={tmp_path}",
+                 f"train.out_dir={tmp_path / 'runs'}", "train.device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 images" in err and "global batch of 32" in err

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from discorep.data.images import BadImageError, load_rgb
+from discorep.data.images import BadImageError, DatasetError, load_rgb
 from discorep.data.views import ViewSampler
 
 
@@ -111,7 +111,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = n // self.global_batch
         if self.steps_per_epoch < 1:
-            raise ValueError(f"the data set has {n} images, fewer than one global batch of {self.global_batch} "
+            raise DatasetError(f"the data set has {n} images, fewer than one global batch of {self.global_batch} "
                              f"(batch_size {batch_size} × {world_size} processes); lower train.batch_size")
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
