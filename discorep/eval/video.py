@@ -1,19 +1,23 @@
 """`discorep eval video`: semi-supervised video object segmentation by label propagation.
 
-The DINO protocol used by Odin §4.3: every frame is encoded independently; the first frame's masks
-are given; each later frame takes, for every feature cell, the labels of its `topk` most similar
-cells among the first frame and the last `context` frames, restricted to a square spatial
-neighbourhood, weighted by softmax(similarity / temperature). Label distributions are upsampled
-bilinearly to the frame size and arg-maxed. Scored with DAVIS J and F (`davis_metrics`).
+The DINO protocol used by Odin §4.3. Every frame is encoded on its own (short side resized to `size`,
+aspect kept, sides multiples of the network's stride) into L2-normalised feature vectors. The first
+frame's masks are given: its one-hot label map (background + objects) is area-averaged onto the feature
+grid. Each later frame t then takes, for every feature cell, the labels of its `topk` most similar cells
+among the first frame and the last `context` frames, counting only source cells within `radius` feature
+cells (a square window, as DINO), weighted by softmax(similarity / temperature) over those top-k; the
+propagated soft labels become context for the next frames. The label distribution of a frame is
+upsampled bilinearly to the annotation size and arg-maxed. Scores: DAVIS J and F (`davis_metrics`).
 
-`--radius` is given in cells *at stride 8* (the DINO setting: 12 at stride 8); at another feature
-stride s it is rescaled to ceil(radius·8/s) cells so the neighbourhood covers the same image area.
+Frames are encoded in batches while propagating, so memory holds `context + 1` feature maps, not the
+whole sequence.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,151 +28,247 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from discorep.data.images import DatasetError, load_rgb
+from discorep.data.images import DatasetError, is_image_file, load_rgb
 from discorep.errors import UsageError
-from discorep.eval.backbone import EvalModel, dense_features, load_model, normalize_images
-from discorep.eval.davis_metrics import sequence_scores
-from discorep.eval.report import emit_report, resolve_device
+from discorep.eval.backbone import (
+    EvalModel,
+    dense_features,
+    load_model,
+    normalize_images,
+)
+from discorep.eval.davis_metrics import VOID, sequence_scores, summarize
+from discorep.eval.report import print_table, resolve_device, write_json
 
 log = logging.getLogger("discorep")
 
 
-# ----------------------------------------------------------------------------- data
-def _layout(root: Path) -> tuple[Path, Path]:
+# ----------------------------------------------------------------------------- DAVIS folders
+def davis_dirs(root: Path) -> tuple[Path, Path]:
+    """(JPEGImages/480p, Annotations/480p) of a DAVIS root (Full-Resolution or no sub-folder also work)."""
     for sub in ("480p", "Full-Resolution", ""):
         jpeg, ann = root / "JPEGImages" / sub, root / "Annotations" / sub
-        if jpeg.is_dir() and ann.is_dir():
+        if jpeg.is_dir() and ann.is_dir() and any(p.is_dir() for p in jpeg.iterdir()):
             return jpeg, ann
-    raise DatasetError(f"{root} is not a DAVIS-layout folder: expected JPEGImages/480p/<seq>/ and "
-                       "Annotations/480p/<seq>/ (or without 480p)")
+    raise DatasetError(f"{root} is not a DAVIS-layout folder: expected JPEGImages/480p/<sequence>/*.jpg and "
+                       "Annotations/480p/<sequence>/*.png")
 
 
 def list_sequences(root: Path) -> list[str]:
-    jpeg, _ = _layout(root)
-    listing = root / "ImageSets" / "2017" / "val.txt"
+    """Sequences of ImageSets/2017/val.txt, or every folder under JPEGImages/480p when it is absent."""
+    jpeg, _ = davis_dirs(Path(root))
+    listing = Path(root) / "ImageSets" / "2017" / "val.txt"
     if listing.exists():
-        return [s.strip() for s in listing.read_text().splitlines() if s.strip()]
-    return sorted(p.name for p in jpeg.iterdir() if p.is_dir())
+        names = [s.strip() for s in listing.read_text(encoding="utf-8").splitlines() if s.strip()]
+    else:
+        names = sorted(p.name for p in jpeg.iterdir() if p.is_dir())
+    if not names:
+        raise DatasetError(f"{root}: no sequence listed in {listing} or found in {jpeg}")
+    return names
 
 
-def read_sequence(root: Path, seq: str) -> tuple[list[Image.Image], np.ndarray]:
-    """Frames (PIL RGB) and ground-truth label maps (T, H, W) from palette PNGs."""
-    jpeg, ann = _layout(root)
-    frames = sorted((jpeg / seq).glob("*.jpg")) + sorted((jpeg / seq).glob("*.png"))
-    masks = sorted((ann / seq).glob("*.png"))
+def _read_ids(path: Path) -> np.ndarray:
+    """Object ids of a DAVIS annotation: palette index (mode P) or grey value (mode L)."""
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise DatasetError(f"{path}: annotation is a mode-{img.mode} image; DAVIS annotations are "
+                               "palette (P) PNGs whose indices are object ids")
+        return np.asarray(img, dtype=np.uint8)
+
+
+def read_sequence(root: Path, seq: str) -> tuple[list[Path], np.ndarray]:
+    """Frame paths and the ground-truth label maps (T, H, W) uint8 of one sequence, checked to match."""
+    jpeg, ann = davis_dirs(Path(root))
+    if not (jpeg / seq).is_dir():
+        raise DatasetError(f"sequence {seq}: no frame folder {jpeg / seq}")
+    frames = sorted(p for p in (jpeg / seq).iterdir() if is_image_file(p))
+    masks = sorted((ann / seq).glob("*.png")) if (ann / seq).is_dir() else []
     if not frames:
         raise DatasetError(f"sequence {seq}: no frames in {jpeg / seq}")
     if not masks or masks[0].stem != frames[0].stem:
-        raise DatasetError(f"sequence {seq}: the first frame {frames[0].name} has no annotation in {ann / seq}")
+        raise DatasetError(f"sequence {seq}: the first frame {frames[0].name} has no annotation "
+                           f"{ann / seq / (frames[0].stem + '.png')}; propagation starts from it")
     if len(masks) != len(frames):
         raise DatasetError(f"sequence {seq}: {len(frames)} frames but {len(masks)} annotations; "
                            "J and F need an annotation for every frame")
-    images = [load_rgb(p) for p in frames]
-    labels = np.stack([np.asarray(Image.open(p)) for p in masks]).astype(np.int64)
-    if labels.shape[1:] != (images[0].height, images[0].width):
-        raise DatasetError(f"sequence {seq}: annotations are {labels.shape[1:]} but frames {images[0].size[::-1]}")
-    return images, labels
+    unmatched = [f.name for f, m in zip(frames, masks) if f.stem != m.stem]
+    if unmatched:
+        raise DatasetError(f"sequence {seq}: frames {unmatched[:3]} have no annotation of the same name")
+    labels = [_read_ids(p) for p in masks]
+    if len({lab.shape for lab in labels}) != 1:
+        raise DatasetError(f"sequence {seq}: annotations differ in size")
+    return frames, np.stack(labels)
+
+
+# ----------------------------------------------------------------------------- encoding
+def input_shape(height: int, width: int, size: int, stride: int) -> tuple[int, int]:
+    """Network input (H, W): short side `size`, aspect kept, both rounded to a multiple of `stride`."""
+    scale = size / min(height, width)
+    return (max(stride, round(height * scale / stride) * stride),
+            max(stride, round(width * scale / stride) * stride))
+
+
+def encode_frames(model: EvalModel, paths: list[Path], *, size: int, features: str, device: torch.device,
+                  batch_size: int) -> Iterator[Tensor]:
+    """Yield one (D, h, w) map of L2-normalised feature vectors per frame, computed `batch_size` at a time."""
+    # The largest stride of the encoder (c5) fixes the valid input multiples even when c4 is read:
+    # the FPN's top-down path needs c5 to tile c4 exactly.
+    stride = max(model.encoder.strides.values())
+    for lo in range(0, len(paths), batch_size):
+        images = [TF.to_dtype(TF.pil_to_tensor(load_rgb(p)), torch.float32, scale=True)
+                  for p in paths[lo:lo + batch_size]]
+        shape = input_shape(images[0].shape[1], images[0].shape[2], size, stride)
+        x = torch.stack([TF.resize(img, list(shape), antialias=True) for img in images]).clamp(0, 1)
+        feats = F.normalize(dense_features(model, normalize_images(x.to(device)), features), dim=1)
+        yield from feats
 
 
 # ----------------------------------------------------------------------------- propagation
-def frame_features(model: EvalModel, frames: list[Image.Image], size: int, features: str,
-                   device: torch.device, batch_size: int) -> Tensor:
-    """(T, D, h, w) L2-normalised features; the short side resized to `size`, sides multiples of 32."""
-    w0, h0 = frames[0].size
-    scale = size / min(h0, w0)
-    H, W = (max(32, int(round(h0 * scale / 32)) * 32), max(32, int(round(w0 * scale / 32)) * 32))
-    out = []
-    for i in range(0, len(frames), batch_size):
-        x = torch.stack([TF.resize(TF.to_dtype(TF.pil_to_tensor(f), torch.float32, scale=True), [H, W],
-                                   antialias=True) for f in frames[i:i + batch_size]])
-        out.append(F.normalize(dense_features(model, normalize_images(x.clamp(0, 1).to(device)), features), dim=1))
-    return torch.cat(out)
+def seed_distribution(labels: np.ndarray, ids: list[int], grid: tuple[int, int]) -> Tensor:
+    """(1 + len(ids), h, w): the first frame's one-hot map [background, *ids] area-averaged onto the grid.
+
+    Void pixels count as background, as the DAVIS evaluation reads them.
+    """
+    lab = torch.from_numpy(np.where(labels == VOID, 0, labels).astype(np.int64))
+    onehot = torch.stack([lab == 0] + [lab == i for i in ids]).float()
+    return F.adaptive_avg_pool2d(onehot[None], grid)[0]
 
 
-def neighbourhood(h: int, w: int, radius: int, device: torch.device) -> Tensor:
-    """(h·w, h·w) bool: source cell within `radius` cells (square window) of the target cell."""
-    yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    y, x = yy.flatten(), xx.flatten()
-    return ((y[:, None] - y[None, :]).abs() <= radius) & ((x[:, None] - x[None, :]).abs() <= radius)
+def _window(target_cells: Tensor, source_cells: Tensor, width: int, radius: int) -> Tensor:
+    """(q, m) bool: source cell within `radius` rows and columns of the target cell (flat row-major ids)."""
+    ty, tx = target_cells // width, target_cells % width
+    sy, sx = source_cells // width, source_cells % width
+    return ((ty[:, None] - sy[None, :]).abs() <= radius) & ((tx[:, None] - sx[None, :]).abs() <= radius)
 
 
-def propagate(feats: Tensor, first: Tensor, *, topk: int, context: int, radius: int, temperature: float,
-              chunk: int = 512) -> Tensor:
-    """feats (T, D, h, w), first (C, h, w) label distribution → (T, C, h, w) label distributions."""
-    T, D, h, w = feats.shape
-    flat = feats.flatten(2).transpose(1, 2)  # (T, N, D)
-    probs = [first.flatten(1).t()]  # (N, C) per frame
-    near = neighbourhood(h, w, radius, feats.device)
-    for t in range(1, T):
-        ctx = [0] + [s for s in range(max(1, t - context), t)]
-        src_f = flat[ctx]  # (n, N, D)
-        src_l = torch.stack([probs[s] for s in ctx])  # (n, N, C)
-        n, N = src_f.shape[:2]
-        out = []
-        for lo in range(0, N, chunk):
-            sim = torch.einsum("qd,nkd->qnk", flat[t, lo:lo + chunk], src_f)  # (q, n, N)
-            sim = sim.masked_fill(~near[lo:lo + chunk, None, :], float("-inf")).flatten(1)
-            top, idx = sim.topk(min(topk, sim.shape[1]), dim=1)
-            weights = torch.softmax(top / temperature, dim=1)  # exp(s/T) over the top-k, normalised
-            out.append(torch.einsum("qk,qkc->qc", weights, src_l.reshape(n * N, -1)[idx]))
-        probs.append(torch.cat(out))
-    return torch.stack(probs).transpose(1, 2).reshape(T, -1, h, w)
+def _tiles(h: int, w: int, tile: int, radius: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """(target cells, source cells) per square tile of targets; sources = the tile grown by `radius`."""
+    cells = torch.arange(h * w, device=device).reshape(h, w)
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            targets = cells[y:y + tile, x:x + tile].flatten()
+            sources = cells[max(0, y - radius):y + tile + radius, max(0, x - radius):x + tile + radius].flatten()
+            yield targets, sources
 
 
-def first_frame_distribution(labels: np.ndarray, object_ids: list[int], h: int, w: int) -> Tensor:
-    """One-hot (background + objects) of the first frame, area-averaged onto the feature grid."""
-    lab = torch.from_numpy(labels)
-    onehot = torch.stack([(lab == 0)] + [(lab == o) for o in object_ids]).float()
-    return F.adaptive_avg_pool2d(onehot[None], (h, w))[0]
+def propagate_frame(target: Tensor, src_feats: Tensor, src_labels: Tensor, *, topk: int, radius: int,
+                    temperature: float, tile: int = 8) -> Tensor:
+    """Labels of one frame from its context.
+
+    target (D, h, w) features; src_feats (n, D, h, w); src_labels (n, C, h, w) → (C, h, w).
+    Targets are processed in tiles of `tile`×`tile` cells that only look at source cells within `radius`
+    of the tile, so the cost grows with the window area, not with the square of the frame (FPN grids at
+    480p have ~25k cells).
+    """
+    C, h, w = src_labels.shape[1:]
+    tgt = target.flatten(1).t()  # (N, D)
+    keys = src_feats.flatten(2).transpose(1, 2)  # (n, N, D)
+    vals = src_labels.flatten(2).transpose(1, 2)  # (n, N, C)
+    out = torch.empty(h * w, C, dtype=vals.dtype, device=vals.device)
+    for targets, sources in _tiles(h, w, tile, radius, target.device):
+        sim = torch.einsum("qd,nmd->qnm", tgt[targets], keys[:, sources])
+        near = _window(targets, sources, w, radius)
+        sim = sim.masked_fill(~near[:, None, :], float("-inf")).flatten(1)  # (q, n·m), frame-major
+        top, idx = sim.topk(min(topk, sim.shape[1]), dim=1)
+        # Fewer than topk cells in the window (radius 0): the -inf surplus gets weight exp(-inf) = 0.
+        weights = torch.softmax(top / temperature, dim=1)
+        out[targets] = torch.einsum("qk,qkc->qc", weights, vals[:, sources].reshape(-1, C)[idx])
+    return out.t().reshape(C, h, w)
 
 
-def to_label_maps(probs: Tensor, object_ids: list[int], height: int, width: int) -> np.ndarray:
-    """(T, C, h, w) → (T, H, W) object ids (0 = background), bilinear upsampling then argmax."""
-    ids = torch.tensor([0] + object_ids)
-    maps = [ids[F.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0].argmax(0)]
-            for p in probs.cpu()]
-    return torch.stack(maps).numpy()
+class Propagator:
+    """Holds the first frame and the last `context` frames (features and soft labels) of a sequence."""
+
+    def __init__(self, first_feats: Tensor, first_labels: Tensor, *, topk: int, context: int, radius: int,
+                 temperature: float) -> None:
+        self.first = (first_feats, first_labels.to(first_feats))
+        self.recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=context)
+        self.options = {"topk": topk, "radius": radius, "temperature": temperature}
+
+    def step(self, feats: Tensor) -> Tensor:
+        """(D, h, w) features of the next frame → its (C, h, w) label distribution (kept as context)."""
+        context = [self.first, *self.recent]
+        labels = propagate_frame(feats, torch.stack([f for f, _ in context]), torch.stack([l for _, l in context]),
+                                 **self.options)
+        if self.recent.maxlen:
+            self.recent.append((feats, labels))
+        return labels
+
+
+def propagate(feats: Tensor, first: Tensor, *, topk: int, context: int, radius: int, temperature: float) -> Tensor:
+    """feats (T, D, h, w) L2-normalised, first (C, h, w) → (T, C, h, w) label distributions (frame 0 = first)."""
+    prop = Propagator(feats[0], first, topk=topk, context=context, radius=radius, temperature=temperature)
+    return torch.stack([first.to(feats)] + [prop.step(f) for f in feats[1:]])
+
+
+def to_label_map(probs: Tensor, ids: list[int], height: int, width: int) -> np.ndarray:
+    """(C, h, w) distribution → (H, W) uint8 object ids (0 = background): bilinear upsampling, argmax."""
+    up = F.interpolate(probs[None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)[0]
+    return torch.tensor([0, *ids], dtype=torch.uint8)[up.argmax(0)].numpy()
 
 
 # ----------------------------------------------------------------------------- command
-def evaluate_sequence(model: EvalModel, images, labels: np.ndarray, *, size: int, features: str,
-                      device: torch.device, batch_size: int, topk: int, context: int, radius: int,
-                      temperature: float) -> dict[int, dict[str, float]]:
-    feats = frame_features(model, images, size, features, device, batch_size)
-    radius_cells = math.ceil(radius * 8 / model.encoder.strides[features])
-    object_ids = [int(o) for o in np.unique(labels[0]) if o != 0]
-    first = first_frame_distribution(labels[0], object_ids, *feats.shape[-2:]).to(feats.device)
-    probs = propagate(feats, first, topk=topk, context=context, radius=radius_cells, temperature=temperature)
-    pred = to_label_maps(probs, object_ids, *labels.shape[1:])
-    return sequence_scores(pred, labels, object_ids)
+def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *, size: int, features: str,
+                     device: torch.device, batch_size: int, topk: int, context: int, radius: int,
+                     temperature: float, desc: str = "") -> np.ndarray:
+    """(T, H, W) uint8 predicted ids for a sequence, given its first annotation `first` (H, W)."""
+    ids = [int(i) for i in np.unique(first) if i not in (0, VOID)]  # only objects seen at t=0 can propagate
+    height, width = first.shape
+    pred = np.zeros((len(frames), height, width), np.uint8)
+    pred[0] = np.where(first == VOID, 0, first)  # the given frame is not scored; keep it as given
+    prop = None
+    stream = encode_frames(model, frames, size=size, features=features, device=device, batch_size=batch_size)
+    for t, feats in enumerate(tqdm(stream, total=len(frames), desc=desc, unit="frame", leave=False)):
+        if prop is None:
+            seed = seed_distribution(first, ids, tuple(feats.shape[-2:]))
+            prop = Propagator(feats, seed, topk=topk, context=context, radius=radius, temperature=temperature)
+            continue
+        pred[t] = to_label_map(prop.step(feats), ids, height, width)
+    return pred
+
+
+def _check_options(size: int, batch_size: int, topk: int, context: int, radius: int, temperature: float) -> None:
+    if size < 1 or batch_size < 1 or topk < 1 or context < 0 or radius < 0 or not temperature > 0:
+        raise UsageError(f"need --size >= 1, --batch-size >= 1, --topk >= 1, --context >= 0, --radius >= 0 and "
+                         f"--temperature > 0 (got {size}, {batch_size}, {topk}, {context}, {radius}, {temperature})")
 
 
 def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: int, seed: int,
         out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float) -> dict:
-    if topk < 1 or context < 0 or radius < 0 or temperature <= 0:
-        raise UsageError("need --topk >= 1, --context >= 0, --radius >= 0 and --temperature > 0")
-    dev = resolve_device(device)
+    """Propagate the first-frame masks through every sequence; print and return (and write) J, F, J&F.
+
+    Nothing here is random: `seed` is accepted like every eval command's and recorded in the JSON.
+    """
+    _check_options(size, batch_size, topk, context, radius, temperature)
+    davis, dev = Path(davis), resolve_device(device)
+    sequences = list_sequences(davis)
     model = load_model(checkpoint, dev)
-    per_sequence, all_objects = {}, []
-    for seq in tqdm(list_sequences(Path(davis)), desc="video", unit="seq"):
-        images, labels = read_sequence(Path(davis), seq)
-        scores = evaluate_sequence(model, images, labels, size=size, features=features, device=dev,
-                                   batch_size=batch_size, topk=topk, context=context, radius=radius,
-                                   temperature=temperature)
-        all_objects += list(scores.values())
-        J = float(np.mean([s["J"] for s in scores.values()]))
-        Fm = float(np.mean([s["F"] for s in scores.values()]))
-        per_sequence[seq] = {"J": J, "F": Fm, "J&F": (J + Fm) / 2, "objects": {str(k): v for k, v in scores.items()}}
-    if not all_objects:
-        raise DatasetError(f"{davis}: no annotated object in any sequence")
-    J = float(np.mean([s["J"] for s in all_objects]))
-    Fm = float(np.mean([s["F"] for s in all_objects]))
-    result = {"J": J, "F": Fm, "J&F": (J + Fm) / 2, "n_sequences": len(per_sequence),
-              "n_objects": len(all_objects), "per_sequence": per_sequence}
-    rows = [(f"{seq} J / F", f"{v['J']:.4f} / {v['F']:.4f}") for seq, v in per_sequence.items()]
-    rows += [("J (mean over objects)", J), ("F (mean over objects)", Fm), ("J&F", result["J&F"])]
-    settings = {"checkpoint": checkpoint, "davis": davis, "size": size, "features": features, "topk": topk,
-                "context": context, "radius_at_stride_8": radius, "temperature": temperature}
-    emit_report(f"video label propagation — {checkpoint} ({features}, short side {size}px)", rows, out,
-                {"task": "video", "settings": settings, **result})
+    scores, skipped = {}, []
+    for seq in tqdm(sequences, desc="sequences", unit="seq"):
+        frames, labels = read_sequence(davis, seq)
+        pred = predict_sequence(model, frames, labels[0], size=size, features=features, device=dev,
+                                batch_size=batch_size, topk=topk, context=context, radius=radius,
+                                temperature=temperature, desc=seq)
+        scores[seq] = sequence_scores(pred, labels)
+        if not scores[seq]:
+            skipped.append(seq)
+            log.warning("sequence %s scores nothing (no object in its first annotation, or < 3 frames: "
+                        "DAVIS scores neither the first nor the last frame)", seq)
+    result = summarize(scores)
+    if result["n_objects"] == 0:
+        raise DatasetError(f"{davis}: no sequence has a scored object")
+    result.update(n_sequences=len(result["per_sequence"]), skipped=skipped)
+    _report(result, checkpoint, features, size, out,
+            {"checkpoint": checkpoint, "davis": davis, "size": size, "features": features, "topk": topk,
+             "context": context, "radius": radius, "temperature": temperature, "seed": seed})
     return result
+
+
+def _report(result: dict, checkpoint: str, features: str, size: int, out: Path | None, settings: dict) -> None:
+    rows = [{"sequence": name, "objects": s["n_objects"], "J": s["J"], "F": s["F"], "J&F": s["J&F"]}
+            for name, s in result["per_sequence"].items()]
+    rows.append({"sequence": "mean (over objects)", "objects": result["n_objects"], "J": result["J"],
+                 "F": result["F"], "J&F": result["J&F"]})
+    print_table(f"video label propagation (DAVIS) — {checkpoint} ({features}, short side {size}px)", rows,
+                ("sequence", "objects", "J", "F", "J&F"))
+    if out is not None:
+        write_json(out, {"task": "video", "settings": settings, **result})
