@@ -9,7 +9,6 @@ exactly the batches an uninterrupted run sees, whatever the number of data-loade
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -134,6 +133,3 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return max(0, self.total_steps - self.start_step)
 
-
-def default_num_workers(requested: int) -> int:
-    return min(requested, os.cpu_count() or 1)
