@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from discorep.data.demo import make_scenes
 from discorep.engine import builders
 from discorep.engine.config import Config
-from discorep.engine.configio import from_dict
+from discorep.engine.configio import deep_merge, from_dict
 from discorep.engine.distributed import DistInfo
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
@@ -59,13 +59,6 @@ METHODS = {
 }
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def make_config(name: str, args, data_root: Path, cache: Path) -> Config:
     base = {"data": {"root": str(data_root), "num_workers": args.workers, "prior_cache": str(cache),
                      "prior_size": args.size},
@@ -73,7 +66,7 @@ def make_config(name: str, args, data_root: Path, cache: Path) -> Config:
             "model": {"arch": args.arch, "channels_last": args.device == "cuda"},
             "train": {"batch_size": args.batch, "device": args.device, "precision": args.precision,
                       "progress": False, "epochs": 300}}
-    return from_dict(Config, _merge(base, METHODS[name]))
+    return from_dict(Config, deep_merge(base, METHODS[name]))
 
 
 def time_data(cfg: Config, dist: DistInfo, batches: int):

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def palette(n: int, seed: int = 7) -> np.ndarray:
@@ -28,7 +30,7 @@ def palette(n: int, seed: int = 7) -> np.ndarray:
 
 def denormalize(x: torch.Tensor) -> np.ndarray:
     """(3, H, W) ImageNet-normalised tensor → uint8 (H, W, 3)."""
-    img = (x.detach().float().cpu() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
+    img = (x.detach().float().cpu() * _STD + _MEAN).clamp(0, 1)
     return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 

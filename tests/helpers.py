@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from discorep.engine.config import Config
-from discorep.engine.configio import from_dict
+from discorep.engine.configio import deep_merge, from_dict
 
 METHOD_OVERRIDES = {
     "byol": {"method": {"name": "byol", "loss": "byol", "features": "c5"}},
@@ -24,13 +25,6 @@ METHOD_OVERRIDES = {
 }
 
 
-def deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def tiny_config(method: str, data_root: Path, out_dir: Path, extra: dict | None = None) -> Config:
     base = {
         "data": {"root": str(data_root), "num_workers": 0, "prior_cache": str(out_dir / "prior_cache")},
@@ -43,3 +37,14 @@ def tiny_config(method: str, data_root: Path, out_dir: Path, extra: dict | None 
     }
     merged = deep_merge(deep_merge(base, METHOD_OVERRIDES[method]), extra or {})
     return from_dict(Config, merged)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0

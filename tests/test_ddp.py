@@ -9,26 +9,19 @@ averaging.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from discorep.data.demo import make_scenes
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.data.demo import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from discorep.engine.train import pretrain
-from tests.helpers import tiny_config
+from tests.helpers import free_port, tiny_config
 
 pytestmark = pytest.mark.distributed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
@@ -46,7 +39,7 @@ def test_two_processes_match_one_process_with_double_batch(method, tmp_path):
     single = tiny_config(method, images, tmp_path / "one", {**common, "train": {**common["train"], "batch_size": 4}})
     pretrain(single)
     double = tiny_config(method, images, tmp_path / "two", {**common, "train": {**common["train"], "batch_size": 2}})
-    mp.spawn(_worker, args=(2, _free_port(), to_dict(double)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), to_dict(double)), nprocs=2, join=True)
     a = load_checkpoint(latest_checkpoint(tmp_path / "one" / method))
     b = load_checkpoint(latest_checkpoint(tmp_path / "two" / method))
     assert a["step"] == b["step"] == 3

@@ -9,15 +9,10 @@ import subprocess
 import sys
 import time
 
-from discorep.data.demo import make_scenes
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
+from discorep.data.demo import make_scenes
 from discorep.engine.configio import save_config
-from tests.helpers import tiny_config
-
-
-def _steps_logged(run_dir) -> int:
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+from tests.helpers import steps_logged, tiny_config
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
@@ -30,14 +25,14 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "runs" / "byol"
     deadline = time.time() + 120
-    while _steps_logged(run_dir) < 3 and time.time() < deadline and proc.poll() is None:
+    while steps_logged(run_dir) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     stopped_at = load_checkpoint(latest_checkpoint(run_dir))["step"]
     assert 3 <= stopped_at < 100  # checkpointed at the stop, long before checkpoint_every
-    assert stopped_at == _steps_logged(run_dir)
+    assert stopped_at == steps_logged(run_dir)
     done = subprocess.run(cmd + ["--resume", "auto", "train.max_steps=" + str(stopped_at + 2)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

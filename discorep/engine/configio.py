@@ -85,12 +85,12 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"YAML error in {source}: nesting too deep") from None
 
 
-def _deep_merge(base: dict, child: dict) -> dict:
+def deep_merge(base: dict, child: dict) -> dict:
     """Return ``base`` updated by ``child``; nested dicts merge, everything else the child replaces."""
     out = copy.deepcopy(base)
     for key, value in child.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -118,7 +118,7 @@ def _load_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file name (relative to this file), got {base!r}")
-    return _deep_merge(_load_yaml(path.parent / base, (*chain, resolved)), data)
+    return deep_merge(_load_yaml(path.parent / base, (*chain, resolved)), data)
 
 
 def load_yaml(path: str | Path) -> dict:

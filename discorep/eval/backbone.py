@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discorep.checkpoint import CheckpointError, load_checkpoint
+from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
+from discorep.errors import UsageError
 from discorep.models.backbones import ARCHS, Encoder
 from discorep.models.heads import MLP
-from discorep.errors import UsageError
 
 RANDOM_SEED = 0  # the fixed seed of every `random:<arch>` baseline
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from discorep.data.demo import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, save_config, to_dict
 from discorep.engine.train import pretrain
-from tests.helpers import tiny_config
+from tests.helpers import free_port, steps_logged, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +25,6 @@ def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
     make_scenes(root, 16, seed=7, image_size=(96, 96))
     return root / "images"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _dying_worker(rank: int, port: int, cfg_dict: dict, result_dir: str) -> None:
@@ -62,17 +55,12 @@ def _dying_worker(rank: int, port: int, cfg_dict: dict, result_dir: str) -> None
 def test_surviving_process_exits_quickly_with_a_clear_message(scenes, tmp_path):
     cfg = tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 8, "batch_size": 2, "checkpoint_every": 2}})
     with pytest.raises(mp.ProcessExitedException):
-        mp.spawn(_dying_worker, args=(_free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+        mp.spawn(_dying_worker, args=(free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
     report = (tmp_path / "rank0.txt").read_text().splitlines()
     assert float(report[0]) < 60  # bounded: no hang until the process-group timeout
     message = "\n".join(report[1:])
     assert "lost contact with another process at step 3" in message
     assert "step_00000002.pt" in message and "--resume auto" in message
-
-
-def _steps_logged(run_dir) -> int:
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def test_kill_9_then_resume_auto_ends_bit_identical(scenes, tmp_path):
@@ -87,11 +75,11 @@ def test_kill_9_then_resume_auto_ends_bit_identical(scenes, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "runs" / "r2o"
     deadline = time.time() + 120
-    while _steps_logged(run_dir) < 5 and time.time() < deadline and proc.poll() is None:
+    while steps_logged(run_dir) < 5 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    killed_at = _steps_logged(run_dir)
+    killed_at = steps_logged(run_dir)
     assert 5 <= killed_at < 12, "the run should have been killed mid-way"
     done = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
