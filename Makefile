@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The reliability suite alone; rewrites its results table in docs/reliability_results.md.
+reliability: $(STAMP)
+	DISCOREP_RELIABILITY_TABLE=docs/reliability_results.md $(PY) -m pytest -q tests/reliability
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

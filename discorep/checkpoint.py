@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 _NAME_RE = re.compile(r"^step_(\d+)\.pt$")
+_TEMP_RE = re.compile(r"^\.step_\d+\.pt\..+\.tmp$")  # what `_write_atomic` names its temp files
 
 
 class CheckpointError(RuntimeError):
@@ -55,11 +56,21 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int = 3) -> list[Path]:
-    """Delete all but the ``keep_last`` highest-step checkpoints; returns the deleted paths."""
+    """Delete all but the ``keep_last`` highest-step checkpoints; returns the deleted paths.
+
+    Also deletes temp files a killed writer left behind (``kill -9`` during a save): the run has one
+    writer and calls this after its own save completed, so any remaining temp file is orphaned.
+    """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 (the newest checkpoint is never deleted), got {keep_last}")
-    found = _list_checkpoints(Path(run_dir) / "checkpoints")
+    directory = Path(run_dir) / "checkpoints"
+    found = _list_checkpoints(directory)
     removed = []
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if _TEMP_RE.match(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
     for _, path in found[:-keep_last]:
         path.unlink(missing_ok=True)
         removed.append(path)

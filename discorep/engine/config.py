@@ -183,3 +183,18 @@ class Config:
             n_points = (self.views.spanning_size // STRIDES[m.discovery_features]) ** 2
             if m.K > n_points:
                 raise ConfigError(f"method.K={m.K} exceeds the {n_points} feature-grid points of the spanning view")
+        if m.name == "r2o":
+            self._check_r2o_regions()
+
+    def _check_r2o_regions(self) -> None:
+        """R2O clusters the regions of one device batch: more clusters than regions is degenerate."""
+        m, params = self.method, self.data.prior_params
+        per_image = {"slic": params.get("n_segments", 100), "grid": params.get("n", 14) ** 2}.get(self.data.prior)
+        if per_image is None:  # Felzenszwalb: the region count depends on the image
+            return
+        regions = int(per_image) * self.train.batch_size
+        if max(m.K0, m.K_f) > regions:
+            raise ConfigError(
+                f"method.K0={m.K0} (K_f={m.K_f}) exceeds the at most {regions} regions of one device batch "
+                f"(train.batch_size={self.train.batch_size} x {int(per_image)} {self.data.prior} regions): "
+                "lower the K values or raise the batch size or the prior's region count")

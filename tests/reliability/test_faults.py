@@ -52,7 +52,7 @@ def _dying_worker(rank: int, port: int, cfg_dict: dict, result_dir: str) -> None
 
 
 @pytest.mark.distributed
-def test_surviving_process_exits_quickly_with_a_clear_message(scenes, tmp_path):
+def test_surviving_process_exits_quickly_with_a_clear_message(outcome, scenes, tmp_path):
     cfg = tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 8, "batch_size": 2, "checkpoint_every": 2}})
     with pytest.raises(mp.ProcessExitedException):
         mp.spawn(_dying_worker, args=(free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
@@ -61,9 +61,10 @@ def test_surviving_process_exits_quickly_with_a_clear_message(scenes, tmp_path):
     message = "\n".join(report[1:])
     assert "lost contact with another process at step 3" in message
     assert "step_00000002.pt" in message and "--resume auto" in message
+    outcome("fault", "DDP peer killed (2 gloo processes)", f"PeerLostError after {float(report[0]):.1f} s naming step and checkpoint")
 
 
-def test_kill_9_then_resume_auto_ends_bit_identical(scenes, tmp_path):
+def test_kill_9_then_resume_auto_ends_bit_identical(outcome, scenes, tmp_path):
     extra = {"train": {"epochs": 3, "checkpoint_every": 2}}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads for both runs: same float reductions
     ref_config = save_config(tiny_config("r2o", scenes, tmp_path / "ref", extra), tmp_path / "ref.yaml")
@@ -90,3 +91,4 @@ def test_kill_9_then_resume_auto_ends_bit_identical(scenes, tmp_path):
         flat_b = b[part] if part != "heads" else b[part]["predictor"]
         for key, value in flat_a.items():
             assert torch.equal(value, flat_b[key]), f"{part}.{key}"
+    outcome("fault", f"kill -9 after step {killed_at}, then --resume auto", "final parameters bit-identical to an uninterrupted run")

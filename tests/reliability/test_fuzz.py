@@ -37,24 +37,33 @@ def encoded_images(draw):
     return data if cut is None else data[:cut]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=encoded_images(), view_seed=st.integers(0, 2**31))
-def test_decoder_and_views_never_fail_uncontrolled(tmp_path_factory, data, view_seed):
-    path = tmp_path_factory.mktemp("fuzz") / "image.bin"
-    path.write_bytes(data)
-    try:
-        image = load_rgb(path)
-    except BadImageError as err:
-        assert err.reason and str(path) in str(err)
-        return
-    assert image.mode == "RGB" and image.width >= 1 and image.height >= 1
-    out = SAMPLER(image, seed=view_seed)
-    assert out["view1"].shape == out["view2"].shape == (3, 32, 32)
-    assert out["span"].shape == (3, 64, 64) and out["raw"].shape == (3, 32, 32)
-    for key in ("view1", "view2", "span", "raw"):
-        assert torch.isfinite(out[key]).all()
-    H, W = out["image_size"].tolist()
-    assert (H, W) == (image.height, image.width)
-    for box in (out["box1"], out["box2"], out["span_box"]):
-        x0, y0, x1, y1 = box.tolist()
-        assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+def test_decoder_and_views_never_fail_uncontrolled(outcome, tmp_path_factory):
+    counts = {"decoded": 0, "BadImageError": 0}
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=encoded_images(), view_seed=st.integers(0, 2**31))
+    def check(data, view_seed):
+        path = tmp_path_factory.mktemp("fuzz") / "image.bin"
+        path.write_bytes(data)
+        try:
+            image = load_rgb(path)
+        except BadImageError as err:
+            assert err.reason and str(path) in str(err)
+            counts["BadImageError"] += 1
+            return
+        assert image.mode == "RGB" and image.width >= 1 and image.height >= 1
+        out = SAMPLER(image, seed=view_seed)
+        assert out["view1"].shape == out["view2"].shape == (3, 32, 32)
+        assert out["span"].shape == (3, 64, 64) and out["raw"].shape == (3, 32, 32)
+        for key in ("view1", "view2", "span", "raw"):
+            assert torch.isfinite(out[key]).all()
+        H, W = out["image_size"].tolist()
+        assert (H, W) == (image.height, image.width)
+        for box in (out["box1"], out["box2"], out["span_box"]):
+            x0, y0, x1, y1 = box.tolist()
+            assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+        counts["decoded"] += 1
+
+    check()
+    outcome("image", "hypothesis fuzz: 6 formats, all modes, sizes 1-120, truncation, any crop",
+            f"{counts['decoded']} decoded with valid views, {counts['BadImageError']} BadImageError, nothing else")

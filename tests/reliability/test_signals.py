@@ -15,7 +15,7 @@ from discorep.engine.configio import save_config
 from tests.helpers import steps_logged, tiny_config
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(outcome, tmp_path):
     make_scenes(tmp_path / "scenes", 16, seed=3, image_size=(96, 96))
     cfg = tiny_config("byol", tmp_path / "scenes" / "images", tmp_path / "runs",
                       {"train": {"epochs": 25, "checkpoint_every": 1000}})
@@ -38,3 +38,4 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, stopped_at + 3))
+    outcome("fault", "SIGTERM mid-run (preemption)", "checkpoint written, exit 0, resume finishes")

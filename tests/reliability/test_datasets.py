@@ -50,13 +50,14 @@ def test_image_folder_without_classes(tmp_path):
     assert np.asarray(ds[1]["image"])[0, 0].tolist() == [9, 9, 9]  # 'cls/...' sorts before 'loose.png'
 
 
-def test_image_folder_bad_image_raises(tmp_path):
+def test_image_folder_bad_image_raises(outcome, tmp_path):
     _save(tmp_path / "good.png")
     (tmp_path / "zbad.png").write_bytes(b"garbage")
     ds = ImageFolder(tmp_path)
     assert ds[0]["image"].size == (W, H)
     with pytest.raises(BadImageError):
         ds[1]
+    outcome("image", "bad file inside an ImageFolder", "BadImageError naming the file")
 
 
 def _block_mask(y0, y1, x0, x1) -> np.ndarray:
@@ -104,7 +105,7 @@ def _coco_fixture(tmp_path: Path) -> tuple[Path, dict[int, np.ndarray]]:
     return ann_file, known
 
 
-def test_coco_masks_match_pycocotools_and_hand_masks(tmp_path):
+def test_coco_masks_match_pycocotools_and_hand_masks(outcome, tmp_path):
     ann_file, known = _coco_fixture(tmp_path)
     ds = CocoDataset(ann_file, tmp_path / "imgs")
     oracle = COCO(str(ann_file))
@@ -125,6 +126,7 @@ def test_coco_masks_match_pycocotools_and_hand_masks(tmp_path):
     empty = ds[2]
     assert empty["masks"].shape == (0, H, W) and empty["category_ids"].shape == (0,)
     assert empty["image_id"] == 3 and empty["path"] == str(tmp_path / "imgs/c.png")
+    outcome("coco", "polygon/RLE mix, mask leaving the image, image without annotations", "masks equal pycocotools; clipped, not dropped; empty mask set")
 
 
 def _broken(tmp_path: Path, edit) -> Path:
@@ -144,14 +146,15 @@ def _broken(tmp_path: Path, edit) -> Path:
     (lambda d: d["annotations"][2]["segmentation"].update(size=[5, 5]), "annotation id 3: RLE size"),
     (lambda d: d["annotations"][0]["segmentation"][0].pop(), "annotation id 1: polygons"),
 ])
-def test_coco_validation_errors_name_the_field(tmp_path, edit, needle):
+def test_coco_validation_errors_name_the_field(outcome, tmp_path, edit, needle):
     ann_file = _broken(tmp_path, edit)
     with pytest.raises(DatasetError) as info:
         CocoDataset(ann_file, tmp_path / "imgs")
     assert needle in str(info.value) and str(ann_file) in str(info.value)
+    outcome("coco", f"broken json: {needle}", "DatasetError naming file, field and annotation id")
 
 
-def test_coco_bad_files(tmp_path):
+def test_coco_bad_files(outcome, tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         CocoDataset(tmp_path / "missing.json", tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
@@ -161,3 +164,4 @@ def test_coco_bad_files(tmp_path):
     _save(tmp_path / "imgs/a.png", size=(W + 1, H))  # disagrees with the json's width
     with pytest.raises(DatasetError, match="image id 1"):
         CocoDataset(ann_file, tmp_path / "imgs")[0]
+    outcome("coco", "missing json, invalid JSON, image size disagreeing with json", "DatasetError naming the file")

@@ -51,7 +51,7 @@ def test_round_trip_with_rng_state(tmp_path: Path):
     assert _draws() == expected
 
 
-def test_latest_and_prune_ignore_temp_files(tmp_path: Path):
+def test_latest_and_prune_ignore_temp_files(outcome, tmp_path: Path):
     assert latest_checkpoint(tmp_path) is None
     for step in (3, 10, 7, 12):
         save_checkpoint(_state(step), checkpoint_path(tmp_path, step))
@@ -60,14 +60,15 @@ def test_latest_and_prune_ignore_temp_files(tmp_path: Path):
     (ckpt_dir / "notes.txt").write_text("x")
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 12)
     removed = prune_checkpoints(tmp_path, keep_last=2)
-    assert sorted(p.name for p in removed) == ["step_00000003.pt", "step_00000007.pt"]
+    assert sorted(p.name for p in removed) == [".step_00000099.pt.abc.tmp", "step_00000003.pt", "step_00000007.pt"]
     assert sorted(p.name for p in ckpt_dir.glob("step_*.pt")) == ["step_00000010.pt", "step_00000012.pt"]
     assert (ckpt_dir / "notes.txt").exists()
     with pytest.raises(ValueError, match="keep_last"):
         prune_checkpoints(tmp_path, keep_last=0)
+    outcome("checkpoint", "temp file of an interrupted save beside complete ones", "ignored by --resume auto, deleted by the next save")
 
 
-def test_missing_and_truncated_files(tmp_path: Path):
+def test_missing_and_truncated_files(outcome, tmp_path: Path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
     path = save_checkpoint(_state(1), tmp_path / "full.pt")
@@ -81,6 +82,7 @@ def test_missing_and_truncated_files(tmp_path: Path):
     garbage.write_bytes(os.urandom(2000))
     with pytest.raises(CheckpointError, match="garbage.pt"):
         load_checkpoint(garbage)
+    outcome("checkpoint", "missing, truncated, corrupted file", "CheckpointError: delete it to resume from an earlier one")
 
 
 class _Evil:
@@ -93,7 +95,7 @@ class _Evil:
         return (Path.touch, (Path(self.target),))
 
 
-def test_malicious_pickles_are_not_executed(tmp_path: Path):
+def test_malicious_pickles_are_not_executed(outcome, tmp_path: Path):
     marker = tmp_path / "pwned"
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps({"model": _Evil(str(marker))}, protocol=2))
@@ -104,17 +106,19 @@ def test_malicious_pickles_are_not_executed(tmp_path: Path):
         with pytest.raises(CheckpointError, match="contains code; refusing to execute it"):
             load_checkpoint(path)
     assert not marker.exists()
+    outcome("checkpoint", "pickle with code (raw and zipped)", "refused; the code never runs (weights_only)")
 
 
-def test_non_dict_checkpoint_rejected(tmp_path: Path):
+def test_non_dict_checkpoint_rejected(outcome, tmp_path: Path):
     path = tmp_path / "t.pt"
     torch.save(torch.zeros(2), path)
     with pytest.raises(CheckpointError, match="not a discorep checkpoint"):
         load_checkpoint(path)
+    outcome("checkpoint", "foreign file (a bare tensor)", "CheckpointError: not a discorep checkpoint")
 
 
 @pytest.mark.parametrize("fail_in", ["write", "fsync"])
-def test_enospc_keeps_previous_checkpoint(tmp_path: Path, monkeypatch, fail_in: str):
+def test_enospc_keeps_previous_checkpoint(outcome, tmp_path: Path, monkeypatch, fail_in: str):
     old = save_checkpoint(_state(1), checkpoint_path(tmp_path, 1))
     old_bytes = old.read_bytes()
 
@@ -135,6 +139,7 @@ def test_enospc_keeps_previous_checkpoint(tmp_path: Path, monkeypatch, fail_in: 
         assert sorted(p.name for p in old.parent.iterdir()) == ["step_00000001.pt"]  # no temp file left
     monkeypatch.undo()
     assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 1
+    outcome("fault", f"disk full during {fail_in}", "CheckpointError; previous checkpoint intact, no temp file")
 
 
 _REAL_FDOPEN = os.fdopen  # captured before the test patches os.fdopen
@@ -157,19 +162,22 @@ class _FailingFile:
         self._f.close()
 
 
-def test_enospc_without_previous_checkpoint_says_so(tmp_path: Path, monkeypatch):
+def test_enospc_without_previous_checkpoint_says_so(outcome, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
     with pytest.raises(CheckpointError, match="no earlier checkpoint existed"):
         save_checkpoint(_state(1), checkpoint_path(tmp_path, 1))
     assert list((tmp_path / "checkpoints").iterdir()) == []
+    outcome("fault", "disk full on the first checkpoint", "CheckpointError says nothing was overwritten")
 
 
-def test_unserialisable_state_fails_before_touching_disk(tmp_path: Path):
+def test_unserialisable_state_fails_before_touching_disk(outcome, tmp_path: Path):
     with pytest.raises(CheckpointError, match="cannot serialise"):
         save_checkpoint({"f": lambda: 1}, tmp_path / "c.pt")
     assert not tmp_path.joinpath("c.pt").exists()
+    outcome("checkpoint", "unserialisable state", "CheckpointError before the disk is touched")
 
 
-def test_malformed_rng_state():
+def test_malformed_rng_state(outcome):
     with pytest.raises(CheckpointError, match="RNG state"):
         set_rng_state({"python": {}})
+    outcome("checkpoint", "malformed RNG state", "CheckpointError")
