@@ -37,6 +37,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from discorep.study.runner import run_study
+    from discorep.study.spec import load_study
+
+    spec = load_study(args.config, quick=args.quick)
+    command = f"discorep study --config {args.config}" + (" --quick" if args.quick else "")
+    report = run_study(spec, command=command)
+    print(f"report: {report}")
+    return 0
+
+
 def _cmd_discover(args: argparse.Namespace) -> int:
     from discorep.eval.discover import run_discover
 
@@ -64,7 +75,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str = "c5") -> None:
-    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch> (e.g. random:resnet18)")
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch>[:<seed>] (e.g. random:resnet18)")
     p.add_argument("--size", type=int, default=size, help="images are resized to SIZE x SIZE")
     p.add_argument("--features", choices=("c4", "c5", "fpn"), default=features, help="feature map to use")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -137,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.set_defaults(func=_cmd_make_data)
 
+    p = sub.add_parser("study", help="pretrain several methods under one budget, evaluate all, write a report")
+    p.add_argument("--config", required=True, help="study YAML, e.g. configs/study_cpu.yaml")
+    p.add_argument("--quick", action="store_true", help="the small variant in the file's quick: section")
+    p.set_defaults(func=_cmd_study)
+
     p = sub.add_parser("discover", help="segment every image of a folder with k-means over a network's features")
-    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch>")
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch>[:<seed>]")
     p.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, type=Path, help="output folder: <stem>.npz and <stem>.png per image")
     p.add_argument("--k", default="1,2,4,8,16,32,64,128", help="comma-separated K values")

@@ -160,3 +160,17 @@ def test_foreground_mask_folder_with_split_background_scores_exactly_one(scenes,
                                 out=tmp_path / "fg.json", oracle=True)
     assert (result["miou"], result["miou_fg_bg"], result["oracle_upper_bound_miou"]) == (1.0, 1.0, 1.0)
     assert result["n_images"] == 5 and result["skipped"][0]["path"].endswith("scene_000005.png")
+
+
+def test_random_baseline_seed_is_part_of_the_spec():
+    import torch
+
+    from discorep.checkpoint import CheckpointError
+    from discorep.eval.backbone import load_model
+
+    first = lambda spec: next(load_model(spec).encoder.parameters())
+    assert torch.equal(first("random:resnet18"), first("random:resnet18:0"))
+    assert not torch.equal(first("random:resnet18"), first("random:resnet18:1"))
+    assert torch.equal(first("random:resnet18:1"), first("random:resnet18:1"))
+    with pytest.raises(CheckpointError, match="random:<arch>:<seed>"):
+        load_model("random:resnet18:one")

@@ -40,7 +40,7 @@ class PeriodicEval:
 
             self.coco = CocoDataset(e.objects_coco, e.objects_images)
 
-    def due(self, epoch: int, last: bool) -> bool:
+    def due(self, epoch: float, last: bool) -> bool:
         return self.enabled and (epoch % self.cfg.eval.every_epochs == 0 or last)
 
     @torch.no_grad()

@@ -283,6 +283,7 @@ class Trainer:
             bar.close()
         if self.step == self.end_step and self.step % self.steps_per_epoch != 0:
             self.pictures("final")
+            self.maybe_evaluate(self.step / self.steps_per_epoch)  # a run ending mid-epoch is still probed
         self.logger.close()
 
 

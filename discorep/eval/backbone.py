@@ -31,22 +31,33 @@ class EvalModel:
     source: str
     model_config: dict
 
-    def to(self, device: torch.device | str) -> "EvalModel":
+    def to(self, device: torch.device | str) -> EvalModel:
         self.encoder.to(device)
         if self.projector is not None:
             self.projector.to(device)
         return self
 
 
-def _random_model(arch: str) -> EvalModel:
+def _random_model(arch: str, seed: int = RANDOM_SEED) -> EvalModel:
     if arch not in ARCHS:
         raise CheckpointError(f"random:{arch}: unknown architecture; choose one of {', '.join(ARCHS)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
+        torch.manual_seed(seed)
         multi_scale = arch != "vit_s"
         encoder = Encoder(arch, fpn=multi_scale)
     cfg = {"arch": arch, "fpn": multi_scale, "fpn_dim": 256, "norm": "bn"}
-    return EvalModel(encoder.eval(), None, arch, f"random:{arch}", cfg)
+    name = f"random:{arch}" if seed == RANDOM_SEED else f"random:{arch}:{seed}"
+    return EvalModel(encoder.eval(), None, arch, name, cfg)
+
+
+def _parse_random(spec: str) -> tuple[str, int]:
+    """`random:<arch>` (seed 0) or `random:<arch>:<seed>` (another draw of the initial weights)."""
+    parts = spec.split(":")
+    if len(parts) == 2:
+        return parts[1], RANDOM_SEED
+    if len(parts) == 3 and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    raise CheckpointError(f"--checkpoint {spec}: expected random:<arch> or random:<arch>:<seed> (e.g. random:resnet18:1)")
 
 
 def _sub_state(state: dict, prefix: str) -> dict:
@@ -88,10 +99,10 @@ def _projector_from_state(proj_state: dict, m: dict) -> nn.Module | None:
 
 
 def load_model(spec: str | Path, device: torch.device | str = "cpu") -> EvalModel:
-    """`random:<arch>` (fixed seed) or a pretraining checkpoint path."""
+    """`random:<arch>` (fixed seed 0), `random:<arch>:<seed>`, or a pretraining checkpoint path."""
     spec = str(spec)
     if spec.startswith("random:"):
-        return _random_model(spec.split(":", 1)[1]).to(device)
+        return _random_model(*_parse_random(spec)).to(device)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"--checkpoint {spec}: no such file (or use random:<arch>, e.g. random:resnet18)")

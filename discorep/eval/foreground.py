@@ -51,7 +51,7 @@ def read_mask(path: Path) -> np.ndarray:
     return (arr[..., :3] != 0).any(-1) if arr.ndim == 3 else arr != 0
 
 
-class _CocoTruth(Dataset):
+class CocoTruth(Dataset):
     """Images of a COCO json; foreground = union of the non-crowd instances."""
 
     def __init__(self, coco: Path, images: Path):
@@ -68,7 +68,7 @@ class _CocoTruth(Dataset):
         return item["image"], item["masks"][~item["iscrowd"]].astype(bool).any(0)
 
 
-class _FolderTruth(Dataset):
+class FolderTruth(Dataset):
     """Images under `images`, masks under `masks` with the same relative path and stem."""
 
     def __init__(self, masks: Path, images: Path):
@@ -95,7 +95,7 @@ class _FolderTruth(Dataset):
 
 
 class _Items(Dataset):
-    def __init__(self, truth: _CocoTruth | _FolderTruth, size: int):
+    def __init__(self, truth: CocoTruth | FolderTruth, size: int):
         self.truth, self.size = truth, size
 
     def __len__(self) -> int:
@@ -153,7 +153,7 @@ def run(*, checkpoint: str, coco: Path | None, masks: Path | None, images: Path,
         raise UsageError("give exactly one ground truth: --coco JSON or --masks FOLDER")
     if k < 1:
         raise UsageError(f"--k must be >= 1, got {k}")
-    truth = _CocoTruth(coco, images) if coco is not None else _FolderTruth(masks, images)
+    truth = CocoTruth(coco, images) if coco is not None else FolderTruth(masks, images)
     model = load_model(checkpoint, resolve_device(device))
     result = evaluate_foreground(model, truth, k, size, features, batch_size=batch_size, seed=seed, oracle=oracle)
     for s in result["skipped"]:

@@ -17,9 +17,13 @@ from torch import Tensor
 
 from discorep.data.datasets import ImageFolder
 from discorep.eval.backbone import EvalModel, load_model
+from discorep.eval.features import (
+    extract_global_features,
+    labelled_pair,
+    skipped_json,
+    topk_accuracy,
+)
 from discorep.eval.report import emit_report, resolve_device
-from discorep.eval.features import (extract_global_features, labelled_pair, skipped_json,
-                                    topk_accuracy)
 
 CHUNK_ROWS = 1024  # val rows per similarity block: bounds memory at CHUNK_ROWS × n_train floats
 

@@ -24,9 +24,13 @@ from torch import Tensor, nn
 
 from discorep.data.datasets import ImageFolder
 from discorep.eval.backbone import EvalModel, load_model
+from discorep.eval.features import (
+    extract_global_features,
+    labelled_pair,
+    skipped_json,
+    topk_accuracy,
+)
 from discorep.eval.report import emit_report, resolve_device
-from discorep.eval.features import (extract_global_features, labelled_pair, skipped_json,
-                                    topk_accuracy)
 
 PROBE_BATCH = 256
 MOMENTUM = 0.9

@@ -18,8 +18,13 @@ from torchvision.transforms.v2 import functional as TF
 
 from discorep.discovery.kmeans import batched_kmeans
 from discorep.discovery.random import image_seeds
-from discorep.eval.backbone import EvalModel, dense_features, normalize_images, resize_for_eval
 from discorep.errors import UsageError
+from discorep.eval.backbone import (
+    EvalModel,
+    dense_features,
+    normalize_images,
+    resize_for_eval,
+)
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128)  # 255 proposals per image (Odin §3.2)
 

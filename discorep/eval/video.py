@@ -209,7 +209,7 @@ def to_label_map(probs: Tensor, ids: list[int], height: int, width: int) -> np.n
 # ----------------------------------------------------------------------------- command
 def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *, size: int, features: str,
                      device: torch.device, batch_size: int, topk: int, context: int, radius: int,
-                     temperature: float, desc: str = "") -> np.ndarray:
+                     temperature: float, desc: str = "", progress: bool = True) -> np.ndarray:
     """(T, H, W) uint8 predicted ids for a sequence, given its first annotation `first` (H, W)."""
     ids = [int(i) for i in np.unique(first) if i not in (0, VOID)]  # only objects seen at t=0 can propagate
     height, width = first.shape
@@ -217,7 +217,8 @@ def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *,
     pred[0] = np.where(first == VOID, 0, first)  # the given frame is not scored; keep it as given
     prop = None
     stream = encode_frames(model, frames, size=size, features=features, device=device, batch_size=batch_size)
-    for t, feats in enumerate(tqdm(stream, total=len(frames), desc=desc, unit="frame", leave=False)):
+    for t, feats in enumerate(tqdm(stream, total=len(frames), desc=desc, unit="frame", leave=False,
+                                disable=not progress)):
         if prop is None:
             seed = seed_distribution(first, ids, tuple(feats.shape[-2:]))
             prop = Propagator(feats, seed, topk=topk, context=context, radius=radius, temperature=temperature)
@@ -232,22 +233,18 @@ def _check_options(size: int, batch_size: int, topk: int, context: int, radius: 
                          f"--temperature > 0 (got {size}, {batch_size}, {topk}, {context}, {radius}, {temperature})")
 
 
-def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: int, seed: int,
-        out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float) -> dict:
-    """Propagate the first-frame masks through every sequence; print and return (and write) J, F, J&F.
-
-    Nothing here is random: `seed` is accepted like every eval command's and recorded in the JSON.
-    """
+def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, device: torch.device,
+                   batch_size: int = 8, topk: int = 5, context: int = 7, radius: int = 12,
+                   temperature: float = 0.7, progress: bool = True) -> dict:
+    """J, F, J&F over every sequence of a DAVIS-layout folder (no printing; `run` reports)."""
     _check_options(size, batch_size, topk, context, radius, temperature)
-    davis, dev = Path(davis), resolve_device(device)
-    sequences = list_sequences(davis)
-    model = load_model(checkpoint, dev)
+    davis = Path(davis)
     scores, skipped = {}, []
-    for seq in tqdm(sequences, desc="sequences", unit="seq"):
+    for seq in tqdm(list_sequences(davis), desc="sequences", unit="seq", disable=not progress):
         frames, labels = read_sequence(davis, seq)
-        pred = predict_sequence(model, frames, labels[0], size=size, features=features, device=dev,
+        pred = predict_sequence(model, frames, labels[0], size=size, features=features, device=device,
                                 batch_size=batch_size, topk=topk, context=context, radius=radius,
-                                temperature=temperature, desc=seq)
+                                temperature=temperature, desc=seq, progress=progress)
         scores[seq] = sequence_scores(pred, labels)
         if not scores[seq]:
             skipped.append(seq)
@@ -257,6 +254,21 @@ def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: i
     if result["n_objects"] == 0:
         raise DatasetError(f"{davis}: no sequence has a scored object")
     result.update(n_sequences=len(result["per_sequence"]), skipped=skipped)
+    return result
+
+
+def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: int, seed: int,
+        out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float) -> dict:
+    """Propagate the first-frame masks through every sequence; print and return (and write) J, F, J&F.
+
+    Nothing here is random: `seed` is accepted like every eval command's and recorded in the JSON.
+    """
+    _check_options(size, batch_size, topk, context, radius, temperature)
+    davis, dev = Path(davis), resolve_device(device)
+    list_sequences(davis)  # a bad folder fails before the model loads
+    model = load_model(checkpoint, dev)
+    result = evaluate_video(model, davis, size=size, features=features, device=dev, batch_size=batch_size,
+                            topk=topk, context=context, radius=radius, temperature=temperature)
     _report(result, checkpoint, features, size, out,
             {"checkpoint": checkpoint, "davis": davis, "size": size, "features": features, "topk": topk,
              "context": context, "radius": radius, "temperature": temperature, "seed": seed})
