@@ -48,6 +48,50 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+# --prior-* flags of `discorep shard`: (flag, parameter of data.prior_params, type, help)
+_PRIOR_FLAGS = (
+    ("n-segments", "n_segments", int, "slic: number of superpixels (default 100)"),
+    ("compactness", "compactness", float, "slic: compactness (default 10)"),
+    ("resize", "resize", "int?", "slic: side of the square copy segmented, or 'none' for full size (default 224)"),
+    ("scale", "scale", float, "felzenszwalb: scale (default 1000)"),
+    ("sigma", "sigma", float, "felzenszwalb: Gaussian sigma (default 0.8)"),
+    ("min-size", "min_size", int, "felzenszwalb: minimum segment size in pixels (default 1000)"),
+    ("max-side", "max_side", "int?", "felzenszwalb: shrink longer sides to this first, or 'none' (default)"),
+    ("n", "n", int, "grid: n x n cells (default 14)"),
+)
+
+
+def _int_or_none(text: str) -> int | None:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from discorep.data.shard_writer import write_shards
+    from discorep.errors import UsageError
+
+    params = {name: getattr(args, f"prior_{name}") for _, name, _, _ in _PRIOR_FLAGS
+              if hasattr(args, f"prior_{name}")}
+    if params and args.prior == "none":
+        given = ", ".join(f"--prior-{flag}" for flag, name, _, _ in _PRIOR_FLAGS if name in params)
+        raise UsageError(f"{given} given without --prior (slic, felzenszwalb or grid)")
+    if args.shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    s = write_shards(args.images, args.out, coco=args.coco, shard_size=args.shard_size, prior=args.prior,
+                     prior_params=params, workers=args.workers)
+    print(f"{s.total} images in {s.shards} shards under {s.out} ({s.written} written, {s.reused} kept from "
+          f"an earlier run); train with data.kind=shards data.shards={s.out}")
+    if s.skipped:
+        print(f"skipped {len(s.skipped)} unreadable image(s), listed with reasons in {s.out / 'skipped.txt'}")
+    return 0
+
+
 def _cmd_discover(args: argparse.Namespace) -> int:
     from discorep.eval.discover import run_discover
 
@@ -152,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="study YAML, e.g. configs/study_cpu.yaml")
     p.add_argument("--quick", action="store_true", help="the small variant in the file's quick: section")
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("shard", help="pack images (+ region priors) into webdataset tar shards for large runs")
+    p.add_argument("--images", required=True, type=Path, help="image folder (searched recursively), or the "
+                   "folder of the --coco json's images")
+    p.add_argument("--coco", type=Path, default=None, help="COCO json: shard its images in its order, ids kept")
+    p.add_argument("--out", required=True, type=Path, help="output folder: shard-000000.tar, ..., index.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    p.add_argument("--prior", choices=("none", "slic", "felzenszwalb", "grid"), default="none",
+                   help="region prior stored with each image (as data.prior)")
+    for flag, name, kind, helptext in _PRIOR_FLAGS:
+        p.add_argument(f"--prior-{flag}", dest=f"prior_{name}", type=_int_or_none if kind == "int?" else kind,
+                       default=argparse.SUPPRESS, metavar="X" if kind is float else "N", help=helptext)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: every available core)")
+    p.set_defaults(func=_cmd_shard)
 
     p = sub.add_parser("discover", help="segment every image of a folder with k-means over a network's features")
     p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint, or random:<arch>[:<seed>]")

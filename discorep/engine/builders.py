@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -14,6 +15,9 @@ from discorep.data.views import ViewSampler
 from discorep.engine.config import Config
 from discorep.engine.distributed import DistInfo, barrier
 from discorep.engine.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from discorep.data.shards import ShardPretrainDataset
 
 log = logging.getLogger("discorep")
 
@@ -44,7 +48,12 @@ def build_prior_cache(cfg: Config, dataset: PretrainDataset, dist: DistInfo, pro
     return cache
 
 
-def build_dataset(cfg: Config, dist: DistInfo) -> PretrainDataset:
+def build_dataset(cfg: Config, dist: DistInfo) -> PretrainDataset | ShardPretrainDataset:
+    if cfg.data.kind == "shards":  # priors come from the shards, checked against data.prior
+        from discorep.data.shards import ShardPretrainDataset
+
+        return ShardPretrainDataset(cfg.data.shards, ViewSampler(cfg.views), cfg.data.prior,
+                                    dict(cfg.data.prior_params), cfg.data.prior_size)
     paths, root = image_paths(cfg)
     dataset = PretrainDataset(paths, ViewSampler(cfg.views), None, cfg.data.prior_size, root)
     dataset.prior_cache = build_prior_cache(cfg, dataset, dist, progress=cfg.train.progress)

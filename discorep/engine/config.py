@@ -18,9 +18,10 @@ STRIDES = {"c4": 16, "c5": 32, "fpn": 4}
 
 @dataclass
 class DataConfig:
-    kind: Literal["folder", "coco"] = "folder"
+    kind: Literal["folder", "coco", "shards"] = "folder"
     root: str = "data/demo/scenes_train/images"
     ann_file: Optional[str] = None  # COCO json (kind=coco); images under `root`
+    shards: Optional[str] = None  # kind=shards: a `discorep shard` folder or its index.json (root unused)
     num_workers: int = 2
     max_bad_fraction: float = 0.01  # a run fails if more of the data set than this is unreadable
     prior: Literal["none", "slic", "felzenszwalb", "grid"] = "none"
@@ -31,6 +32,15 @@ class DataConfig:
     def validate(self) -> None:
         if self.kind == "coco" and not self.ann_file:
             raise ConfigError("data.ann_file is required when data.kind is 'coco'")
+        if self.kind == "shards" and not self.shards:
+            raise ConfigError("data.shards (a folder written by `discorep shard`, or its index.json) is required "
+                              "when data.kind is 'shards'")
+        if self.shards and self.kind != "shards":
+            raise ConfigError(f"data.shards is set but data.kind is {self.kind!r}: the two sources exclude each "
+                              "other; set data.kind: shards to train from the shards, or remove data.shards")
+        if self.kind == "shards" and self.ann_file:
+            raise ConfigError("data.ann_file belongs to data.kind 'coco'; with data.kind 'shards' the images (and "
+                              "COCO ids) come from the shards: remove data.ann_file")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.num_workers < 0:
