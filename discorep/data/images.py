@@ -11,6 +11,7 @@ left under fully transparent pixels (often black or garbage), which differs betw
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -66,11 +67,22 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """
     path = Path(path)
     _check_file(path)
+    return _decode(path, path)
+
+
+def decode_rgb(data: bytes, name: str | os.PathLike) -> Image.Image:
+    """`load_rgb` for encoded bytes (e.g. a tar member), with the same policy; errors name ``name``."""
+    if not data:
+        raise BadImageError(name, "zero-byte image data")
+    return _decode(io.BytesIO(data), Path(name))
+
+
+def _decode(source: Path | io.BytesIO, path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # PIL only *warns* between MAX_IMAGE_PIXELS and twice that; we refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 _check_size(path, img)
                 img.seek(0)
                 img.load()  # force a full decode so truncation is detected here

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import tarfile
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from discorep.data.images import (  # the same decoding policy as load_rgb, for bytes
-    _DECODE_ERRORS,
+from discorep.data.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
     DatasetError,
-    _bomb_reason,
-    _check_size,
-    _exif_upright,
-    _to_rgb,
+    decode_rgb,
 )
 from discorep.data.pretrain import PretrainDataset, resize_labels
 from discorep.data.views import ViewSampler
@@ -62,28 +56,6 @@ IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # member extens
 
 def shard_name(k: int) -> str:
     return f"shard-{k:06d}.tar"
-
-
-def decode_rgb(data: bytes, name: str) -> Image.Image:
-    """``images.load_rgb`` for encoded bytes: the same policy (EXIF, alpha on white, modes, bombs)."""
-    if not data:
-        raise BadImageError(name, "zero-byte image data")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                _check_size(Path(name), img)
-                img.seek(0)
-                img.load()
-                return _to_rgb(_exif_upright(img))
-    except BadImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(name, _bomb_reason(str(exc))) from None
-    except UnidentifiedImageError:
-        raise BadImageError(name, "not a recognised image format") from None
-    except _DECODE_ERRORS as exc:
-        raise BadImageError(name, f"corrupt or truncated image data ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------- index
