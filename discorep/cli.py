@@ -43,7 +43,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     spec = load_study(args.config, quick=args.quick)
     command = f"discorep study --config {args.config}" + (" --quick" if args.quick else "")
-    report = run_study(spec, command=command)
+    report = run_study(spec, command=command, report_only=args.report_only)
     print(f"report: {report}")
     return 0
 
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="pretrain several methods under one budget, evaluate all, write a report")
     p.add_argument("--config", required=True, help="study YAML, e.g. configs/study_cpu.yaml")
     p.add_argument("--quick", action="store_true", help="the small variant in the file's quick: section")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the finished runs and list the missing ones")
     p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("shard", help="pack images (+ region priors) into webdataset tar shards for large runs")

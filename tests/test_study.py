@@ -114,7 +114,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
                     "## How each number was produced"):
         assert heading in report
     rows = [line for line in report.splitlines() if line.startswith("| ") and "method" not in line]
-    assert any(line.startswith("| BYOL |") for line in rows) and any("random:resnet18" in line for line in rows)
+    assert any(line.startswith("| BYOL | 1 |") for line in rows) and any("random:resnet18" in line for line in rows)
     per_run = sorted(p.name for p in (tmp_path / "runs/study_quick/per_run").glob("*.json"))
     assert per_run == ["byol_seed0.json", "r2o_seed0.json", "random_seed0.json", "slic.json"]
     for name in per_run:
@@ -129,7 +129,11 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "runs/study_quick/results/abo_over_training.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "runs/study_quick/results/summary.json").read_text())
     assert set(summary["results"]) == {"byol", "r2o"} and set(summary["baselines"]) == {"random", "slic"}
-    # A second call finds every result and only rewrites the report.
+    # A second call finds every result and only rewrites the report; --report-only lists what is missing.
     before = (tmp_path / "runs/study_quick/per_run/r2o_seed0.json").stat().st_mtime_ns
     assert main(["study", "--config", str(STUDY), "--quick"]) == 0
     assert (tmp_path / "runs/study_quick/per_run/r2o_seed0.json").stat().st_mtime_ns == before
+    (tmp_path / "runs/study_quick/per_run/byol_seed0.json").unlink()
+    assert main(["study", "--config", str(STUDY), "--quick", "--report-only"]) == 0
+    assert not (tmp_path / "runs/study_quick/per_run/byol_seed0.json").exists()  # nothing was trained
+    assert "**Incomplete:** 1 (run, seed) pairs" in (tmp_path / "runs/study_quick/results.md").read_text()

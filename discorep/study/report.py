@@ -47,10 +47,10 @@ def _minutes(results: list[dict]) -> str:
 
 
 def table(title: str, rows: list[tuple[str, list[dict]]], time_column: bool = True) -> str:
-    head = ["method"] + [c[0] for c in COLUMNS] + (["train min / run"] if time_column else [])
+    head = ["method", "n"] + [c[0] for c in COLUMNS] + (["train min / run"] if time_column else [])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, results in rows:
-        cells = [label] + [cell(values(results, sec, key)) for _, sec, key in COLUMNS]
+        cells = [label, str(len(results))] + [cell(values(results, sec, key)) for _, sec, key in COLUMNS]
         lines.append("| " + " | ".join(cells + ([_minutes(results)] if time_column else [])) + " |")
     return "\n".join(lines) + "\n"
 
@@ -206,7 +206,7 @@ def _commands(spec: StudySpec, data: dict[str, Path]) -> list[str]:
 
 
 def write_report(spec: StudySpec, results: dict[str, list[dict]], baselines: dict[str, list[dict]],
-                 data: dict[str, Path], *, command: str, elapsed: float) -> Path:
+                 data: dict[str, Path], *, command: str, elapsed: float, missing: list[str] | None = None) -> Path:
     report, assets = Path(spec.report), Path(spec.assets)
     assets.mkdir(parents=True, exist_ok=True)
     rel = Path(os.path.relpath(assets, report.parent)).as_posix()  # links work wherever the report lives
@@ -223,6 +223,9 @@ def write_report(spec: StudySpec, results: dict[str, list[dict]], baselines: dic
     parts += [(f"Compute recorded in the per-run files: {train_s / 60:.1f} min of pretraining and {eval_s / 60:.1f} min "
               f"of evaluation over {sum(len(rs) for rs in results.values())} runs (this invocation itself: "
               f"{elapsed / 60:.1f} min, less when earlier results were reused)."), ""]
+    if missing:
+        parts += [(f"**Incomplete:** {len(missing)} (run, seed) pairs had not finished when this report was written "
+                  f"(`--report-only`): {', '.join(missing)}. Their rows average fewer seeds."), ""]
     parts.append("## Tables\n")
     for table_id, title in spec.tables.items():
         rows = _baseline_rows(spec, baselines) if table_id == "main" else []

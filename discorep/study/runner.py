@@ -150,8 +150,12 @@ def probe_set(data: dict[str, Path], out_dir: Path, n: int) -> Path:
     return target
 
 
-def run_study(spec: StudySpec, command: str) -> Path:
-    """Train + evaluate everything, then write the report; returns the report's path."""
+def run_study(spec: StudySpec, command: str, report_only: bool = False) -> Path:
+    """Train + evaluate everything, then write the report; returns the report's path.
+
+    `report_only`: train nothing; report the (run, seed) pairs that are finished (evaluation tasks added
+    since are still computed for them) and list the missing ones in the report.
+    """
     from tqdm import tqdm
 
     from discorep.study.report import write_report
@@ -164,8 +168,12 @@ def run_study(spec: StudySpec, command: str) -> Path:
     baselines = run_baselines(spec, data)
     jobs = [(run, seed) for seed in spec.seeds for run in spec.runs]  # seed-major: early tables see every run
     results: dict[str, list[dict]] = {run.name: [] for run in spec.runs}
+    missing = []
     for run, seed in tqdm(jobs, desc=f"study {spec.name}", unit="run"):
+        if report_only and not (out / "per_run" / f"{run.name}_seed{seed}.json").exists():
+            missing.append(f"{run.name} seed {seed}")
+            continue
         log.info("study: %s seed %d", run.name, seed)
         results[run.name].append(run_one(spec, run, seed, data))
     elapsed = time.perf_counter() - t0
-    return write_report(spec, results, baselines, data, command=command, elapsed=elapsed)
+    return write_report(spec, results, baselines, data, command=command, elapsed=elapsed, missing=missing)
