@@ -166,7 +166,9 @@ def run_study(spec: StudySpec, command: str, report_only: bool = False) -> Path:
     data = study_data(spec)
     data["probe_coco"] = probe_set(data, out, spec.eval.probe_images)
     baselines = run_baselines(spec, data)
-    jobs = [(run, seed) for seed in spec.seeds for run in spec.runs]  # seed-major: early tables see every run
+    # Main-table runs first (every seed), then the ablations: a study stopped early has its headline table.
+    jobs = [(run, seed) for main in (True, False) for seed in spec.seeds for run in spec.runs
+            if ("main" in run.tables) == main]
     results: dict[str, list[dict]] = {run.name: [] for run in spec.runs}
     missing = []
     for run, seed in tqdm(jobs, desc=f"study {spec.name}", unit="run"):
