@@ -137,3 +137,21 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     assert main(["study", "--config", str(STUDY), "--quick", "--report-only"]) == 0
     assert not (tmp_path / "runs/study_quick/per_run/byol_seed0.json").exists()  # nothing was trained
     assert "**Incomplete:** 1 (run, seed) pairs" in (tmp_path / "runs/study_quick/results.md").read_text()
+
+
+def test_grid_oracle_hand_computed(tmp_path):
+    """32x32 image, 2x2 grid (16-px cells): a mask that is one cell is kept exactly (BO 1); a mask over
+    the left 8 columns fills half of each left cell, rounds to the left 16 columns (BO 8/16)."""
+    from discorep.data.datasets import CocoDataset
+    from discorep.study.baselines import grid_oracle_objects
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / "a.png")
+    polygons = [[0, 0, 16, 0, 16, 16, 0, 16], [0, 0, 8, 0, 8, 32, 0, 32]]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+            "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": [p], "iscrowd": 0,
+                             "area": 256, "bbox": [0, 0, 16, 16]} for i, p in enumerate(polygons)]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    result = grid_oracle_objects(CocoDataset(tmp_path / "a.json", tmp_path / "imgs"), 2)
+    assert result["n_masks"] == 2 and result["abo_i"] == pytest.approx((1.0 + 0.5) / 2)

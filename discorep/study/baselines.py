@@ -50,6 +50,25 @@ def slic_objects(coco: CocoDataset, n_segments: Sequence[int], progress: bool = 
         "n_images": len(rows), "n_skipped": skipped}
 
 
+def grid_oracle_objects(coco: CocoDataset, cells: int) -> dict:
+    """The ceiling of feature-grid proposals: each ground-truth mask rounded to a `cells` x `cells` grid
+    (a cell belongs to the mask when at least half of it does) and upsampled back (nearest), as the
+    k-means labels are. Its ABO_i is the best any network can reach at that grid, whatever it learns."""
+    bos = []
+    for i in range(len(coco)):
+        try:
+            item = coco[i]
+        except (BadImageError, DatasetError):
+            continue
+        for mask in item["masks"][~item["iscrowd"]].astype(bool):
+            t = torch.from_numpy(mask.astype(np.float32))[None, None]
+            coarse = (torch.nn.functional.adaptive_avg_pool2d(t, (cells, cells)) >= 0.5).long()[0, 0]
+            rounded = upsample_nearest(coarse, *mask.shape).astype(bool)
+            union = (rounded | mask).sum()
+            bos.append((rounded & mask).sum() / union if union else 0.0)
+    return {"abo_i": float(np.mean(bos)), "n_masks": len(bos)}
+
+
 def slic_foreground(truth: CocoTruth, k: int) -> dict:
     """Mean foreground IoU of the Hungarian-assigned SLIC region among `k` regions."""
     ious = []

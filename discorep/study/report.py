@@ -64,6 +64,10 @@ def _baseline_rows(spec: StudySpec, baselines: dict[str, list[dict]]) -> list[tu
         segs = ",".join(map(str, spec.eval.slic_segments))
         rows.append((f"SLIC regions, n = {segs} (no network)", [slic]))
         rows.append(("SLIC prior, 100 regions (R2O's prior)", [{"objects": slic["objects_prior100"]}]))
+        if "grid_oracle" in slic:
+            oracle = slic["grid_oracle"]
+            rows.append((f"ceiling: ground truth rounded to the {oracle['cells']}x{oracle['cells']} feature grid",
+                         [{k: oracle[k] for k in ("objects", "photos") if k in oracle}]))
     return rows
 
 

@@ -23,7 +23,7 @@ from discorep.eval.knn import evaluate_knn
 from discorep.eval.objects import evaluate_objects
 from discorep.eval.report import resolve_device, write_json
 from discorep.eval.video import evaluate_video
-from discorep.study.baselines import slic_foreground, slic_objects
+from discorep.study.baselines import grid_oracle_objects, slic_foreground, slic_objects
 from discorep.study.data import study_data
 from discorep.study.spec import RunSpec, StudySpec, dotted
 
@@ -108,6 +108,10 @@ def run_one(spec: StudySpec, run: RunSpec, seed: int, data: dict[str, Path]) -> 
     return result
 
 
+def coco_val(data: dict[str, Path]) -> CocoDataset:
+    return CocoDataset(data["val_coco"], data["val_images"])
+
+
 def run_baselines(spec: StudySpec, data: dict[str, Path]) -> dict[str, list[dict]]:
     """random:<arch> per seed (its weights depend on it) and SLIC once (it is deterministic)."""
     results: dict[str, list[dict]] = {}
@@ -123,7 +127,7 @@ def run_baselines(spec: StudySpec, data: dict[str, Path]) -> dict[str, list[dict
     if "slic" in spec.baselines:
         target = folder / "slic.json"
         if not target.exists():
-            coco = CocoDataset(data["val_coco"], data["val_images"])
+            coco = coco_val(data)
             payload = {"run": "slic", "seed": 0,
                        "objects": slic_objects(coco, spec.eval.slic_segments),
                        "objects_prior100": slic_objects(coco, [100]),
@@ -131,6 +135,13 @@ def run_baselines(spec: StudySpec, data: dict[str, Path]) -> dict[str, list[dict
                                                      spec.eval.foreground_k)}
             write_json(target, payload)
         slic = json.loads(target.read_text())
+        if "grid_oracle" not in slic:
+            cells = spec.eval.size // {"c4": 16, "c5": 32, "fpn": 4}[spec.eval.features]
+            slic["grid_oracle"] = {"cells": cells, "objects": grid_oracle_objects(coco_val(data), cells)}
+            if "photos" in spec.eval.tasks:
+                slic["grid_oracle"]["photos"] = grid_oracle_objects(
+                    CocoDataset(data["photo_coco"], data["photo_images"]), cells)
+            write_json(target, slic)
         if "photos" in spec.eval.tasks and "photos" not in slic:
             slic["photos"] = slic_objects(CocoDataset(data["photo_coco"], data["photo_images"]),
                                           spec.eval.slic_segments)
