@@ -1,4 +1,5 @@
-"""The step-time benchmark runs end to end at a tiny size and reports consistent ratios."""
+"""The benchmarks run end to end at tiny sizes and report consistent numbers; the memory formulas of
+docs/performance.md hold against measured allocations."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 
 @pytest.mark.slow
@@ -27,3 +29,125 @@ def test_step_time_reports_finite_times_and_consistent_ratios(tmp_path):
     assert written["environment"]["command"].startswith("python benchmarks/step_time.py --arch resnet18")
     assert written["targets"]["r2o"]["target"] == 1.25
     assert returned["r2o"]["ms_per_step"] == results["r2o"]["ms_per_step"]
+
+
+def _positive_finite(*values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+@pytest.mark.slow
+def test_throughput_reports_ratio_to_the_backbone_ceiling(tmp_path):
+    from benchmarks.throughput import TARGET, main
+
+    out = tmp_path / "throughput.json"
+    returned = main(["--batch", "2", "--size", "64", "--steps", "1", "--warmup", "0", "--methods", "byol",
+                     "--threads", "1", "--out", str(out)])
+    written = json.loads(out.read_text())
+    ceiling, byol = written["ceiling"], written["results"]["byol"]
+    assert _positive_finite(ceiling["ms_per_step"], ceiling["images_per_s"], byol["images_per_s"])
+    assert ceiling["images_per_s"] == pytest.approx(2 / ceiling["ms_per_step"] * 1000)
+    assert byol["ratio_to_ceiling"] == pytest.approx(byol["images_per_s"] / ceiling["images_per_s"])
+    assert byol["meets_target"] == (byol["ratio_to_ceiling"] >= TARGET) and written["target"] == 0.70
+    assert returned["results"]["byol"]["ms_per_step"] == byol["ms_per_step"]
+
+
+@pytest.mark.slow
+def test_data_pipeline_reports_images_per_second_per_worker(tmp_path):
+    from benchmarks.data_pipeline import main
+
+    out = tmp_path / "data.json"
+    main(["--batch", "4", "--batches", "3", "--workers", "0,1", "--breakdown-samples", "2",
+          "--image-size", "96", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert set(written["results"]) == {"0", "1"}
+    for w, r in written["results"].items():
+        assert _positive_finite(r["images_per_s"], r["per_worker_images_per_s"], r["seconds"])
+        assert r["per_worker_images_per_s"] == pytest.approx(r["images_per_s"] / max(1, int(w)))
+        assert {"view1", "view2", "prior", "raw", "span"} <= set(r["batch_keys"])  # views + cached prior
+    assert written["results"]["0"]["images"] == 8  # batches 2..3 of 4 images, the first untimed
+    assert _positive_finite(*written["breakdown_ms_per_sample"].values())
+
+
+@pytest.mark.slow
+def test_priors_reports_speedup_per_core_and_scaling(tmp_path):
+    from benchmarks.priors import main
+
+    out = tmp_path / "priors.json"
+    main(["--images", "4", "--image-size", "120x160", "--workers", "1,2", "--out", str(out)])
+    written = json.loads(out.read_text())
+    base, results = written["baseline"], written["results"]
+    assert _positive_finite(base["images_per_s"], base["slic_only_s"])
+    for n, r in results.items():
+        assert _positive_finite(r["images_per_s"], r["speedup"], r["warm_images_per_s"])
+        assert r["speedup"] == pytest.approx(r["images_per_s"] / base["images_per_s"])
+        assert r["speedup_per_core"] == pytest.approx(r["speedup"] / int(n))
+    assert results["1"]["scaling_vs_first"] == 1.0
+    assert results["2"]["scaling_vs_first"] == pytest.approx(results["2"]["images_per_s"] / results["1"]["images_per_s"])
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_benchmark_runs_torchrun_with_one_and_two_processes(tmp_path):
+    from benchmarks.ddp import main
+
+    out = tmp_path / "ddp.json"
+    main(["--config", "configs/byol_cpu_demo.yaml", "--batch", "2", "--steps", "3", "--skip", "1",
+          "--image-size", "64", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"1", "2"}
+    assert results["1"]["scaling"] == 1.0 and results["2"]["global_batch"] == 4
+    for r in results.values():
+        assert _positive_finite(r["images_per_s"], r["scaling"], r["efficiency"])
+        (run,) = r["runs"]
+        assert run["steps"] == 3 and len(run["images_per_s_steps"]) == 2  # steps 2 and 3
+        assert run["command"].startswith("torchrun --standalone --nproc-per-node=")
+
+
+def test_kmeans_peak_memory_matches_the_formula_and_grows_as_it_says():
+    from benchmarks.memory import kmeans_peak_bytes, peak_allocated_bytes
+    from discorep.discovery.kmeans import batched_kmeans
+
+    def measured(B, N, D, K, n_init=1):
+        x = torch.randn(B, N, D, generator=torch.Generator().manual_seed(0))
+        return peak_allocated_bytes(lambda: batched_kmeans(x, K, iters=3, n_init=n_init))
+
+    base = (4, 1024, 128, 16)
+    m0 = measured(*base)
+    assert m0 == pytest.approx(kmeans_peak_bytes(*base), rel=0.03)
+    # Doubling B, N or D (the 12·R·N·D term dominates when D > K) doubles the peak; n_init=2 too.
+    for shape, n_init in (((8, 1024, 128, 16), 1), ((4, 2048, 128, 16), 1), ((4, 1024, 256, 16), 1),
+                          (base, 2)):
+        m = measured(*shape, n_init=n_init)
+        assert m == pytest.approx(kmeans_peak_bytes(*shape, n_init=n_init), rel=0.03)
+        assert m / m0 == pytest.approx(2.0, rel=0.03)
+    # K well above D: the Lloyd distance matrix (8·R·N·K) sets the peak instead.
+    big_k = (2, 1024, 16, 128)
+    assert measured(*big_k) == pytest.approx(kmeans_peak_bytes(*big_k), rel=0.05)
+    assert kmeans_peak_bytes(*big_k) > 12 * 2 * 1024 * 16 * 2  # i.e. not the assignment term
+
+
+def test_mask_alignment_peak_memory_matches_the_formula():
+    from benchmarks.memory import align_peak_bytes, peak_allocated_bytes
+    from discorep.discovery.align import align_masks_views
+
+    def measured(B, M, P, g):
+        labels = torch.randint(0, M, (B, P, P), generator=torch.Generator().manual_seed(0))
+        frame = torch.tensor([[0.0, 0.0, float(P), float(P)]]).expand(B, 4)
+        boxes = [torch.tensor([[2.0, 3.0, P - 4.0, P - 1.0]]).expand(B, 4)] * 2
+        flips = [torch.arange(B) % 2 == 0, torch.arange(B) % 2 == 1]
+        return peak_allocated_bytes(lambda: align_masks_views(labels, frame, boxes, flips, g, M))
+
+    for shape in ((4, 32, 64, 4), (8, 32, 64, 4), (4, 64, 64, 4), (4, 32, 128, 4), (4, 8, 32, 32)):
+        assert measured(*shape) == pytest.approx(align_peak_bytes(*shape), rel=0.03), shape
+
+
+@pytest.mark.slow
+def test_memory_benchmark_reports_peaks(tmp_path):
+    from benchmarks.memory import main
+
+    km = main(["kmeans", "--cases", "1", "--out", str(tmp_path / "km.json")])
+    assert len(km["rows"]) == 2 and all(r["ratio"] == pytest.approx(1.0, rel=0.05) for r in km["rows"])
+    step = main(["step", "--arch", "resnet18", "--batch", "2", "--size", "64", "--image-size", "64",
+                 "--methods", "byol", "--threads", "1"])["rows"]["byol"]
+    assert _positive_finite(step["rss_before_step_mb"], step["peak_rss_mb"], step["params_mb"], step["step_s"])
+    assert step["peak_rss_mb"] >= step["rss_before_step_mb"]
