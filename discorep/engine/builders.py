@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from discorep.data.datasets import CocoDataset, ImageFolder
-from discorep.data.pretrain import PretrainDataset, ResumableBatchSampler, collate_views, sample_seed
+from discorep.data.pretrain import (
+    PretrainDataset,
+    ResumableBatchSampler,
+    collate_views,
+    sample_seed,
+)
 from discorep.data.views import ViewSampler
 from discorep.engine.config import Config
-from discorep.engine.distributed import DistInfo, barrier
+from discorep.engine.distributed import DistInfo, long_barrier
 from discorep.engine.optim import build_optimizer
 
 if TYPE_CHECKING:
@@ -33,18 +39,21 @@ def image_paths(cfg: Config) -> tuple[list[Path], Path]:
 
 
 def build_prior_cache(cfg: Config, dataset: PretrainDataset, dist: DistInfo, progress: bool = True):
-    """Compute (once, on the main process, in parallel over all cores) and load the region priors."""
+    """Compute the region priors once (each process builds every world_size-th image, in parallel over
+    its share of the node's cores; files are written atomically, so sharing the folder is safe), wait
+    for all processes without the training timeout (`long_barrier`), and load them."""
     if cfg.data.prior == "none":
         return None
     from discorep.data.priors import RegionPriorCache
 
     params = dict(cfg.data.prior_params)
     cache = RegionPriorCache(cfg.data.prior_cache, cfg.data.prior, params)
-    if dist.is_main:
-        items = [(dataset.prior_key(i), p) for i, p in enumerate(dataset.paths)]
-        stats = cache.build(items, progress=progress)
-        log.info("region prior %s: %s", cfg.data.prior, stats)
-    barrier()
+    items = [(dataset.prior_key(i), p) for i, p in enumerate(dataset.paths)][dist.rank::dist.world_size]
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = max(1, (os.cpu_count() or 1) // local_world)
+    stats = cache.build(items, num_workers=workers, progress=progress and dist.is_main)
+    log.info("region prior %s (this process's %d images): %s", cfg.data.prior, len(items), stats)
+    long_barrier()
     return cache
 
 

@@ -52,6 +52,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def long_barrier(hours: float = 24.0) -> None:
+    """A barrier for one-off set-up work longer than the process-group timeout (e.g. building region
+    priors for ImageNet): it runs on its own gloo group whose timeout is `hours`, so the short timeout
+    that detects dead peers during training stays as it is."""
+    if dist.is_available() and dist.is_initialized():
+        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours))
+        dist.barrier(group=group)
+        dist.destroy_process_group(group)
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

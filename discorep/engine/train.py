@@ -92,6 +92,7 @@ class Trainer:
     def state_dict(self) -> dict:
         m = self.method
         state = {"format": "discorep-checkpoint-v1", "step": self.step, "config": to_dict(self.cfg),
+                 "world_size": self.dist.world_size,
                  "online": m.online.state_dict(), "target": m.target.state_dict(),
                  "heads": {"predictor": m.predictor.state_dict()},
                  "optimizer": self.optimizer.state_dict(), "rng": get_rng_state(),
@@ -306,8 +307,14 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def check_resume_config(saved: dict, current: dict, allow_change: bool) -> None:
+def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_world: int | None = None,
+                        world: int | None = None) -> None:
+    """Refuse to resume with a different config or number of processes unless `allow_change`."""
     diffs = [d for d in diff_configs(saved, current) if d[0] not in RESUME_SAFE_KEYS]
+    if saved_world is not None and world is not None and saved_world != world:
+        batch = current["train"]["batch_size"]
+        diffs.append(("world size (processes; global batch = world x train.batch_size)",
+                      f"{saved_world} (global batch {saved_world * batch})", f"{world} (global batch {world * batch})"))
     if diffs and not allow_change:
         lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in diffs)
         raise ConfigError(f"--resume: the run was trained with a different config:\n{lines}\n"
@@ -325,7 +332,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         trainer = Trainer(cfg, dist_info, run_dir)
         if ckpt_path is not None:
             state = load_checkpoint(ckpt_path)
-            check_resume_config(state["config"], to_dict(cfg), allow_config_change)
+            check_resume_config(state["config"], to_dict(cfg), allow_config_change, state.get("world_size"),
+                                dist_info.world_size)
             trainer.load_state_dict(state)
             log.info("resumed from %s at step %d", ckpt_path, trainer.step)
         if dist_info.is_main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,16 @@ def test_a_batch_of_only_unreadable_files_is_refilled_with_readable_ones(outcome
     assert sorted(_losses(run_dir)) == [1, 2, 3, 4]
     outcome("image", "a whole batch of zero-byte files", "refilled with readable images; 4 listed in skipped.txt")
 
+
+
+def test_resume_on_another_number_of_processes_is_refused_unless_allowed(outcome):
+    from discorep.engine.configio import to_dict
+    from discorep.engine.train import check_resume_config
+
+    cfg = to_dict(tiny_config("byol", Path("."), Path("out")))
+    check_resume_config(cfg, cfg, False, 2, 2)  # same world: fine
+    check_resume_config(cfg, cfg, False, None, 4)  # checkpoints from before the world size was recorded
+    with pytest.raises(ConfigError, match=r"world size.*checkpoint=.2 \(global batch 8\).*now=.4 \(global batch 16\)"):
+        check_resume_config(cfg, cfg, False, 2, 4)
+    check_resume_config(cfg, cfg, True, 2, 4)  # --allow-config-change
+    outcome("config", "--resume on 4 processes of a run trained on 2", "refused naming both world sizes and global batches")
