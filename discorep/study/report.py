@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +132,8 @@ def abo_plot(spec: StudySpec, results: dict[str, list[dict]], baselines: dict[st
     for name, style in (("random", ":"), ("slic", "--")):
         xs = values(baselines.get(name, []), "objects", "abo_i")
         if xs:
-            ax.axhline(np.mean(xs) * 100, ls=style, c="grey", label=f"{name} (all held-out scenes)")
+            label = {"random": f"random:{spec.arch}", "slic": f"SLIC n = {spec.eval.slic_segments}"}[name]
+            ax.axhline(np.mean(xs) * 100, ls=style, c="grey", label=f"{label} (all held-out scenes)")
     if not drawn:
         plt.close(fig)
         return False
@@ -148,9 +148,12 @@ def abo_plot(spec: StudySpec, results: dict[str, list[dict]], baselines: dict[st
 
 
 def mask_pictures(spec: StudySpec, results: dict[str, list[dict]], assets: Path, rel: str) -> list[str]:
-    """First, middle and last epoch's mask grid of seed 0 of R2O and the hybrid (R2O Fig. 5 analogue)."""
+    """First, middle and last epoch's mask grid of seed 0 of R2O, the hybrid and Odin (R2O Fig. 5 analogue;
+    DetCon's masks are its fixed prior, they do not evolve). Stored as 256-colour PNGs to keep docs small."""
+    from PIL import Image
+
     lines = []
-    for name in ("r2o", "hybrid", "odin", "detcon"):
+    for name in ("r2o", "hybrid", "odin"):
         runs = results.get(name) or []
         if not runs:
             continue
@@ -163,7 +166,8 @@ def mask_pictures(spec: StudySpec, results: dict[str, list[dict]], assets: Path,
         lines.append("")
         for p in chosen:
             dest = assets / f"masks_{name}_{p.stem}.png"
-            shutil.copyfile(p, dest)
+            with Image.open(p) as picture:
+                picture.convert("RGB").quantize(256).save(dest, optimize=True)
             lines.append(f"![{name} {p.stem}]({rel}/{dest.name})")
         lines.append("")
     return lines
