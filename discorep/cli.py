@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-DEMO_CONFIG = "configs/r2o_cpu_demo.yaml"
+DEMO_CONFIG = "configs/r2o_contrastive_cpu_demo.yaml"
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
