@@ -256,3 +256,21 @@ def test_invariants_property(B: int, N: int, K: int, seed: int, p: float) -> Non
     d = torch.cdist(xn.double(), res.centroids.double()) ** 2
     own = d.gather(2, res.labels.clamp(min=0)[..., None]).squeeze(-1)
     assert (own[valid] <= d.min(-1).values[valid] + 1e-6).all()
+
+
+@pytest.mark.parametrize("sync_every", [3, 8])
+def test_sparse_sync_mode_gives_identical_results(sync_every):
+    """The GPU mode (no host sync per iteration, empty-cluster fix-up always on) changes nothing but
+    n_iter's rounding: same labels, centroids and inertia, including batches with empty clusters."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 40, 5, generator=gen)
+    x[2, 20:] = x[2, 0]  # many duplicates: empty clusters get re-seeded
+    valid = torch.rand(6, 40, generator=gen) > 0.2
+    for K in (3, 12):
+        a = batched_kmeans(x, K, valid, iters=40, seed=5)
+        b = batched_kmeans(x, K, valid, iters=40, seed=5, sync_every=sync_every)
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+        assert torch.equal(a.inertia, b.inertia)
+        assert b.n_iter >= a.n_iter and (b.n_iter % sync_every == 0 or b.n_iter == 40)
+    with pytest.raises(ValueError, match="sync_every"):
+        batched_kmeans(x, 3, sync_every=0)
