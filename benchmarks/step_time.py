@@ -220,32 +220,27 @@ def time_steps(cfg: Config, batches: list[dict], device: torch.device, warmup: i
     return result
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(p: argparse.ArgumentParser, *, steps: int, warmup: int, workers: int,
+                    workers_help: str) -> None:
+    """The model, data and device options every step benchmark shares (throughput.py too)."""
     p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=96, help="view size (spanning view: 2x, raw view and prior: 1x)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the data-time measurement")
+    p.add_argument("--steps", type=int, default=steps, help="timed steps per method (after --warmup)")
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--workers", type=int, default=workers, help=workers_help)
     p.add_argument("--image-size", type=int, default=192, help="side of the generated demo scenes")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.add_argument("--methods", nargs="+", default=[",".join(METHODS)],
-                   help=f"comma- or space-separated, from {', '.join(METHODS)} (byol is always added)")
-    p.add_argument("--hotspots", type=int, default=0, metavar="N",
-                   help="also print the N ops with the most self CPU time per method, with file:line")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
-    return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    command = shlex.join(["python", "benchmarks/step_time.py", *(sys.argv[1:] if argv is None else argv)])
+def resolve_run(args: argparse.Namespace, method_items: list[str]) -> tuple[list[str], torch.device, DistInfo]:
+    """Thread count set; method names checked, BYOL first; the device checked."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n for item in args.methods for n in item.split(",") if n]
+    names = [n for item in method_items for n in item.split(",") if n]
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -253,7 +248,23 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    dist = DistInfo(0, 1, 0, device)
+    return names, device, DistInfo(0, 1, 0, device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, steps=10, warmup=2, workers=2, workers_help="DataLoader workers for the data-time measurement")
+    p.add_argument("--methods", nargs="+", default=[",".join(METHODS)],
+                   help=f"comma- or space-separated, from {', '.join(METHODS)} (byol is always added)")
+    p.add_argument("--hotspots", type=int, default=0, metavar="N",
+                   help="also print the N ops with the most self CPU time per method, with file:line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    command = shlex.join(["python", "benchmarks/step_time.py", *(sys.argv[1:] if argv is None else argv)])
+    names, device, dist = resolve_run(args, args.methods)
     n_batches = args.steps + args.warmup + 1  # + the profiled step
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,14 +34,15 @@ from benchmarks.step_time import (
     METHODS,
     _device_name,
     _sync,
+    add_common_args,
     make_config,
+    resolve_run,
     time_data,
     time_steps,
 )
 from discorep.data.demo import make_scenes
 from discorep.engine import builders
 from discorep.engine.config import Config
-from discorep.engine.distributed import DistInfo
 from discorep.models.backbones import Encoder
 
 TARGET = 0.70
@@ -75,36 +76,16 @@ def time_ceiling(cfg: Config, batches: list[dict], device: torch.device, warmup:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=96, help="view size (spanning view: 2x, raw view and prior: 1x)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per method (after --warmup)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers that pre-load the batches")
-    p.add_argument("--image-size", type=int, default=192, help="side of the generated demo scenes")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    add_common_args(p, steps=5, warmup=1, workers=0, workers_help="DataLoader workers that pre-load the batches")
     p.add_argument("--methods", default="byol,detcon,r2o",
                    help=f"comma-separated, from {', '.join(METHODS)} (byol is always added)")
-    p.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     command = shlex.join(["python", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    names = [n for n in args.methods.split(",") if n]
-    unknown = sorted(set(names) - set(METHODS))
-    if unknown:
-        raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    names = ["byol", *dict.fromkeys(n for n in names if n != "byol")]
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    device = torch.device(args.device)
-    dist = DistInfo(0, 1, 0, device)
+    names, device, dist = resolve_run(args, [args.methods])
     # step_time's extra step is a profiled one, excluded from its timings (and skipped by the ceiling).
     n_batches = args.steps + args.warmup + 1
     results: dict[str, dict] = {}

@@ -23,11 +23,12 @@ def measure_masks(checkpoint: str, arch: str, sets: dict[str, tuple[Path, Path]]
     from discorep.eval.backbone import load_model
     from discorep.eval.objects import evaluate_objects
 
+    models = {"trained": load_model(checkpoint), "random": load_model(f"random:{arch}")}
     rows = []
     for name, (ann, images) in sets.items():
         row = {"set": name}
-        for label, spec in (("trained", checkpoint), ("random", f"random:{arch}")):
-            result = evaluate_objects(load_model(spec), CocoDataset(ann, images), EVAL_KS, EVAL_SIZE,
+        for label, model in models.items():
+            result = evaluate_objects(model, CocoDataset(ann, images), EVAL_KS, EVAL_SIZE,
                                       EVAL_FEATURES, progress=False, num_workers=0)
             row[f"ABO_i {label}"] = result["abo_i"]
         row["gain (points)"] = 100 * (row["ABO_i trained"] - row["ABO_i random"])

@@ -39,6 +39,19 @@ def tiny_config(method: str, data_root: Path, out_dir: Path, extra: dict | None 
     return from_dict(Config, merged)
 
 
+def losses_by_step(run_dir: Path) -> dict:
+    """{step: loss} from a run's metrics.jsonl."""
+    import json
+
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def final_state(run_dir: Path) -> dict:
+    from discorep.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(run_dir))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.data.demo import make_scenes
 from discorep.engine.configio import ConfigError
 from discorep.engine.train import NonFiniteLossError, pretrain
-from tests.helpers import tiny_config
+from tests.helpers import final_state, losses_by_step, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +20,13 @@ def scenes(tmp_path_factory):
     return root / "images"
 
 
-def _losses(run_dir):
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-
-
-def _final_state(run_dir):
-    return load_checkpoint(latest_checkpoint(run_dir))
-
-
 def test_resume_refuses_a_changed_config_and_names_the_keys(outcome, scenes, tmp_path):
     pretrain(tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 2}}))
     changed = tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 4}, "optim": {"base_lr": 0.5}})
     with pytest.raises(ConfigError, match="optim.base_lr"):
         pretrain(changed, resume="auto")
     run_dir = pretrain(changed, resume="auto", allow_config_change=True)
-    assert _final_state(run_dir)["step"] == 4
+    assert final_state(run_dir)["step"] == 4
     outcome("config", "--resume with a changed config", "refused naming optim.base_lr; --allow-config-change resumes")
 
 
@@ -63,9 +53,9 @@ def test_non_finite_loss_stops_naming_the_step_or_is_skipped(outcome, mode, scen
         outcome("fault", f"NaN loss at step 3 (train.nonfinite={mode})", "stop naming step 3 and step_00000002.pt" if mode == "stop" else "step skipped and logged, weights finite")
         return
     run_dir = pretrain(cfg)
-    losses = _losses(run_dir)
+    losses = losses_by_step(run_dir)
     assert losses[4] == "nan"  # the skipped step is logged (JSON has no NaN: a string)
-    state = _final_state(run_dir)
+    state = final_state(run_dir)
     assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["online"].values()
                                       if v.is_floating_point())
     outcome("fault", f"NaN loss at step 3 (train.nonfinite={mode})", "stop naming step 3 and step_00000002.pt" if mode == "stop" else "step skipped and logged, weights finite")
@@ -103,7 +93,7 @@ def test_a_batch_of_only_unreadable_files_is_refilled_with_readable_ones(outcome
     cfg = tiny_config("byol", data, tmp_path, {"train": {"max_steps": 4}, "data": {"max_bad_fraction": 0.5}})
     run_dir = pretrain(cfg)
     assert len((run_dir / "skipped.txt").read_text().splitlines()) == 4
-    assert sorted(_losses(run_dir)) == [1, 2, 3, 4]
+    assert sorted(losses_by_step(run_dir)) == [1, 2, 3, 4]
     outcome("image", "a whole batch of zero-byte files", "refilled with readable images; 4 listed in skipped.txt")
 
 
