@@ -63,7 +63,7 @@ def make_config(name: str, args, data_root: Path, cache: Path) -> Config:
     base = {"data": {"root": str(data_root), "num_workers": args.workers, "prior_cache": str(cache),
                      "prior_size": args.size},
             "views": {"size": args.size, "spanning_size": 2 * args.size, "raw_size": args.size},
-            "model": {"arch": args.arch, "channels_last": args.device == "cuda"},
+            "model": {"arch": args.arch, "channels_last": args.device == "cuda", "compile": args.compile},
             "train": {"batch_size": args.batch, "device": args.device, "precision": args.precision,
                       "progress": False, "epochs": 300}}
     return from_dict(Config, deep_merge(base, METHODS[name]))
@@ -166,6 +166,7 @@ def time_steps(cfg: Config, batches: list[dict], device: torch.device, warmup: i
     method = build_method(cfg).to(device)
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    builders.compile_encoders(method, cfg.model.compile, device)  # compiles during the warmup steps
     method.train()
     opt = builders.build_optimizer_for(cfg, method.online_modules())
     dtype = {"bf16": torch.bfloat16, "fp32": None}[cfg.train.precision]
@@ -233,6 +234,8 @@ def add_common_args(p: argparse.ArgumentParser, *, steps: int, warmup: int, work
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"),
+                   help="model.compile: torch.compile the encoders (use --warmup >= 2: the first steps compile)")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
 
 
@@ -318,7 +321,7 @@ def _targets(results: dict) -> dict:
 
 def report(results: dict, args, env: dict) -> None:
     print(f"device={env['device']} torch={env['torch']} threads={env['threads']} arch={args.arch} "
-          f"batch={args.batch} size={args.size} precision={args.precision}")
+          f"batch={args.batch} size={args.size} precision={args.precision} compile={args.compile}")
     print("command: " + env["command"])
     cols = ("data", "forward", *PHASES, "bwd+opt+ema")
     print(f"{'method':<12}{'ms/step':>9}{'x BYOL':>8}  " + "".join(f"{c[:11]:>12}" for c in cols))

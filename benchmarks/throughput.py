@@ -54,6 +54,8 @@ def time_ceiling(cfg: Config, batches: list[dict], device: torch.device, warmup:
     enc = Encoder(cfg.model.arch, norm=cfg.model.norm).to(device)
     if cfg.model.channels_last:
         enc = enc.to(memory_format=torch.channels_last)
+    if cfg.model.compile != "none":  # the ceiling gets the same compilation as the methods' encoders
+        enc.compile(mode=cfg.model.compile)
     enc.train()
     dtype = {"bf16": torch.bfloat16, "fp32": None}[cfg.train.precision]
     steps = []
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
 def report(out: dict, args) -> None:
     env, c = out["environment"], out["ceiling"]
     print(f"device={env['device']} torch={env['torch']} threads={env['threads']} arch={args.arch} "
-          f"batch={args.batch} size={args.size} precision={args.precision}")
+          f"batch={args.batch} size={args.size} precision={args.precision} compile={args.compile}")
     print("command: " + env["command"])
     print(f"{'':<22}{'ms/step':>9}{'images/s':>10}{'of ceiling':>12}")
     print(f"{'backbone fwd+bwd':<22}{c['ms_per_step']:>9.1f}{c['images_per_s']:>10.2f}{'100 %':>12}"

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from discorep import hostsync
+
 
 class LabelIdError(ValueError):
     """A label map holds an id outside [-1, num_masks)."""
@@ -44,7 +46,9 @@ def labels_to_onehot(labels: Tensor, num_masks: int) -> Tensor:
         raise AlignInputError(f"labels must be an integer tensor (B, h, w), got {labels.dtype} {tuple(labels.shape)}")
     if isinstance(num_masks, bool) or not isinstance(num_masks, int) or num_masks < 1:
         raise AlignInputError(f"num_masks must be a positive int, got {num_masks!r}")
-    if labels.numel():
+    # The range check reads two values back: free on CPU, a host-device sync per call on a GPU, where it
+    # is skipped (label maps there come from the library's own k-means or its checked prior cache).
+    if labels.numel() and hostsync.reads_are_free(labels):
         lo, hi = int(labels.min()), int(labels.max())
         if lo < -1 or hi >= num_masks:
             raise LabelIdError(f"label ids must lie in [-1, {num_masks}) (−1 = no label), found [{lo}, {hi}]; "
@@ -73,7 +77,7 @@ def _check_boxes(name: str, boxes: Tensor, batch: int) -> Tensor:
 def _rois(frame_boxes: Tensor, view_boxes: Tensor, h: int, w: int) -> Tensor:
     """View boxes in the label map's pixel coordinates, as (B, 5) rows (batch index, x0, y0, x1, y1)."""
     fx0, fy0, fx1, fy1 = frame_boxes.unbind(1)
-    if bool(((fx1 <= fx0) | (fy1 <= fy0)).any()):
+    if hostsync.reads_are_free(frame_boxes) and bool(((fx1 <= fx0) | (fy1 <= fy0)).any()):
         raise AlignInputError("every frame box needs x1 > x0 and y1 > y0")
     sx = w / (fx1 - fx0)
     sy = h / (fy1 - fy0)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from discorep import hostsync
 from discorep.discovery.random import hash32, uniform
 
 __all__ = ["KMeansResult", "batched_kmeans", "pooled_kmeans"]
@@ -241,7 +242,9 @@ def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, 
     if valid is None:
         valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     pts = torch.where(valid.unsqueeze(-1), x.float(), 0.0)
-    if not bool(torch.isfinite(pts).all()):
+    # Checked where free (CPU); on a GPU the read-back would stall every step (features are finite
+    # whenever the loss is, and the engine checks the loss).
+    if hostsync.reads_are_free(pts) and not bool(torch.isfinite(pts).all()):
         raise ValueError("x has non-finite values (inf/NaN) at rows marked valid")
     if normalize:
         pts = F.normalize(pts, dim=-1)  # zero rows stay zero (eps in the norm)
@@ -265,7 +268,7 @@ def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int
     """
     _validate(x, K, valid, iters, tol, n_init)
     if sync_every is None:
-        sync_every = 1 if x.device.type == "cpu" else 8
+        sync_every = 1 if hostsync.reads_are_free(x) else 8
     if sync_every < 1:
         raise ValueError(f"sync_every must be >= 1, got {sync_every}")
     B, N, D = x.shape

@@ -18,7 +18,7 @@ from discorep.data.pretrain import (
     sample_seed,
 )
 from discorep.data.views import ViewSampler
-from discorep.engine.config import Config
+from discorep.engine.config import Config, ConfigError
 from discorep.engine.distributed import DistInfo, long_barrier
 from discorep.engine.optim import build_optimizer
 
@@ -102,6 +102,46 @@ def build_optimizer_for(cfg: Config, modules: torch.nn.Module) -> torch.optim.Op
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors to `device`; the dataset indices also stay on the host as "index_host", for host-side
+    lookups (Odin's segment cache) that would otherwise read them back from the device every step."""
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+           for k, v in batch.items()}
+    if isinstance(batch.get("index"), torch.Tensor):
+        out["index_host"] = batch["index"].cpu()
+    return out
+
+
+def compile_encoders(method: torch.nn.Module, mode: str, device: torch.device) -> int:
+    """`torch.compile` every backbone (online, target, discovery) in place; returns how many.
+
+    Only the encoders: they hold nearly all the FLOPs and have static shapes, whereas k-means and mask
+    sampling are data-dependent loops that would break the graph. `Module.compile` keeps parameter
+    names, so checkpoints and exports are the same with and without compilation.
+    """
+    if mode == "none":
+        return 0
+    from discorep.models.backbones import Encoder
+
+    problem = compile_unavailable(device)
+    if problem:
+        raise ConfigError(f"model.compile={mode!r}: {problem}; or set model.compile: none (eager)")
+    encoders = [m for m in method.modules() if isinstance(m, Encoder)]
+    for encoder in encoders:
+        encoder.compile(mode=mode)
+    log.info("model.compile=%s: %d encoders compiled (the first steps include compilation)", mode, len(encoders))
+    return len(encoders)
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile's default backend cannot run on `device` here, or None if it can."""
+    import importlib.util
+    import shutil
+
+    if device.type == "cpu":
+        compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if not any(c and shutil.which(c) for c in compilers):
+            return "compiling on CPU needs a C++ compiler (g++ or clang++; or set CXX)"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "compiling on CUDA needs the triton package (pip install triton)"
+    return None

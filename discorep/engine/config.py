@@ -57,6 +57,8 @@ class ModelConfig:
     proj_dim: int = 256
     pred_hidden: int = 4096
     channels_last: bool = False
+    # torch.compile the encoders (docs/training.md "Precision and speed"); "none" = eager.
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
 
 
 @dataclass

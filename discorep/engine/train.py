@@ -33,7 +33,7 @@ log = logging.getLogger("discorep")
 # Keys that may change on --resume without changing what is trained.
 RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
                     "train.keep_last", "train.picture_every_epochs", "train.picture_images",
-                    "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache")
+                    "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache", "model.compile")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +59,7 @@ class Trainer:
         self.method = build_method(cfg).to(dist_info.device)
         if cfg.model.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        builders.compile_encoders(self.method, cfg.model.compile, dist_info.device)
         self.model = self.method
         if dist_info.world_size > 1:
             # Levels the loss never reaches (layer4 when pooling C4, the FPN when pooling C5) get no
@@ -146,23 +147,29 @@ class Trainer:
         dtype = torch.bfloat16 if p == "bf16" else torch.float16
         return torch.autocast(self.dist.device.type, dtype=dtype)
 
-    def flags(self, loss: torch.Tensor) -> tuple[bool, bool]:
-        """(non-finite loss on any rank, stop requested on any rank): one small all-reduce."""
-        t = torch.stack([(~torch.isfinite(loss.detach())).float(), torch.tensor(float(self.stop_requested),
-                                                                                 device=loss.device)])
+    def flags(self, loss: torch.Tensor) -> tuple[float, bool, bool]:
+        """(this rank's loss value, non-finite loss on any rank, stop requested on any rank).
+
+        The step's one host read-back (a device sync on GPUs): it must come before the backward so a
+        non-finite loss never reaches the weights. One small all-reduce carries the flags; the loss
+        value rides along so the step needs no second read-back after the optimizer.
+        """
+        value = loss.detach().float()
+        t = torch.stack([(~torch.isfinite(value)).float(), torch.tensor(float(self.stop_requested),
+                                                                        device=loss.device)])
         if self.dist.world_size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        bad, stop = t.tolist()
-        return bad > 0, stop > 0
+        loss_value, bad, stop = torch.cat([value.reshape(1), t]).tolist()
+        return loss_value, bad > 0, stop > 0
 
     def train_step(self, batch: dict) -> tuple[float, dict, float]:
         info = self.info()
         lr = self.set_lr(info)
         with self.autocast():
             loss, logs = self.model(batch, info)
-        bad, self.stop_requested = self.flags(loss)
+        loss_value, bad, self.stop_requested = self.flags(loss)
         if bad:
-            return self.handle_nonfinite(loss), logs, lr
+            return self.handle_nonfinite(loss_value), logs, lr
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -179,7 +186,7 @@ class Trainer:
         tau = ema_tau_at(self.step, self.total_steps, self.cfg.optim.tau_base)
         self.method.after_step(info, tau, self.steps_per_epoch)
         logs["tau"] = tau
-        return float(loss.detach()), logs, lr
+        return loss_value, logs, lr
 
     def guarded_step(self, batch: dict) -> tuple[float, dict, float]:
         """A training step whose collective failures (a dead or hung peer) become one clear error."""
@@ -195,11 +202,12 @@ class Trainer:
                 f"rank {self.dist.rank}: lost contact with another process at step {self.step} ({reason}). "
                 f"Last checkpoint: {last or 'none yet'}; restart all processes with --resume auto.") from err
 
-    def handle_nonfinite(self, loss: torch.Tensor) -> float:
+    def handle_nonfinite(self, loss: float) -> float:
         last = getattr(self, "last_checkpoint", None)
         if self.cfg.train.nonfinite == "stop":
             raise NonFiniteLossError(
-                f"non-finite loss ({float(loss.detach())}) at step {self.step}; last good checkpoint: {last or 'none yet'}. "
+                f"non-finite loss ({loss if not math.isfinite(loss) else 'on another process'}) at step "
+                f"{self.step}; last good checkpoint: {last or 'none yet'}. "
                 "Lower optim.base_lr, set optim.clip_grad, or set train.nonfinite=skip to skip such steps.")
         log.warning("non-finite loss at step %d: step skipped (train.nonfinite=skip)", self.step)
         self.optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ class Odin(PretrainMethod):
         """Label maps and the frame they cover: the spanning view, or the raw view when cached."""
         if self.cache is None:
             return self.segment(batch["span"], info.image_seeds(batch["index"])), batch["span_box"]
-        indices = batch["index"].tolist()
+        indices = batch.get("index_host", batch["index"]).tolist()  # host copy: no device read-back
         todo = self.cache.missing(indices)
         if todo:
             seeds = image_seeds(self.cache.version, batch["index"][todo])
