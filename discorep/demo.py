@@ -18,6 +18,14 @@ from discorep.eval.report import print_table, write_json
 EVAL_SIZE, EVAL_FEATURES, EVAL_KS = 192, "c4", (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+def _in_demo_data(root: str, data_root: str | Path) -> Path:
+    """A config's `data/demo/...` training folder, moved under the demo data folder actually used."""
+    try:
+        return Path(data_root) / Path(root).relative_to("data/demo")
+    except ValueError:  # a folder outside the demo data: the user's own
+        return Path(root)
+
+
 def measure_masks(checkpoint: str, arch: str, sets: dict[str, tuple[Path, Path]]) -> list[dict]:
     """ABO_i of the trained network against `random:<arch>` on held-out sets it never trained on."""
     from discorep.eval.backbone import load_model
@@ -41,7 +49,8 @@ def run_demo(config: str, data_root: Path, overrides: list[str] | None = None) -
     paths = build_demo_data(data_root)
     photos = make_photo_objects(Path(data_root) / "photo_objects")
     print(f"demo data ready in {data_root} ({time.perf_counter() - t0:.1f} s)")
-    cfg = load_config(Config, config, [f"data.root={paths['scenes_train'] / 'images'}", *(overrides or [])])
+    root = _in_demo_data(load_config(Config, config, overrides or []).data.root, data_root)
+    cfg = load_config(Config, config, [f"data.root={root}", *(overrides or [])])
     run_dir = pretrain(cfg, resume="auto")
     checkpoint = latest_checkpoint(run_dir)
     sets = {"held-out scenes": (paths["scenes_val"] / "annotations.json", paths["scenes_val"] / "images"),

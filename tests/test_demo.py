@@ -10,7 +10,7 @@ import pytest
 
 from discorep.demo import run_demo
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "r2o_cpu_demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "r2o_contrastive_cpu_demo.yaml"  # make demo's
 
 
 @pytest.mark.slow
@@ -26,3 +26,11 @@ def test_demo_pretrains_and_measures_masks_against_random(tmp_path, capsys):
         trained, random = row["ABO_i trained"], row["ABO_i random"]
         assert 0 < trained < 1 and 0 < random < 1 and math.isclose(row["gain (points)"], 100 * (trained - random))
     assert report["checkpoint"].endswith("step_00000002.pt")
+    # The config's data/demo/pretrain_mix is moved under the demo data folder actually used.
+    import yaml
+
+    used = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    assert Path(used) == tmp_path / "data" / "pretrain_mix"
+    from discorep.data.datasets import ImageFolder
+
+    assert len(ImageFolder(used).paths) == 512  # generated scenes + photo scenes, as training reads them

@@ -146,7 +146,7 @@ def test_build_demo_data_idempotent(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_PHOTOS", ("astronaut",))  # keep the test fast
     kw = dict(n_train=3, n_val=2, n_videos=1, image_size=(64, 64))
     out = demo.build_demo_data(tmp_path, **kw)
-    assert set(out) == {"scenes_train", "scenes_val", "videos", "photos"}
+    assert set(out) == {"scenes_train", "scenes_val", "videos", "photos", "scenes_photo_train", "pretrain_mix"}
     train = json.loads((out["scenes_train"] / "annotations.json").read_text())
     val = json.loads((out["scenes_val"] / "annotations.json").read_text())
     assert len(train["images"]) == 3 and len(val["images"]) == 2

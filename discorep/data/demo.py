@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -39,7 +39,7 @@ _BACKGROUNDS = ("brick", "grass", "gravel")
 _UNIT_AREA = (np.pi, 1.88, 1.59, 1.30, 1.73, 2.19)
 _TEX = 64  # side of an object's texture patch (object-local coordinates)
 _MARKER = "demo_data.json"
-_VERSION = 1
+_VERSION = 2  # 2: + scenes_photo_train, pretrain_mix
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,7 +130,16 @@ class _Obj:
     texture: np.ndarray
 
 
-def _random_obj(rng: np.random.Generator, h: int, w: int, category: int | None = None) -> _Obj:
+@dataclass(frozen=True)
+class SceneStyle:
+    """How a scene's background (rng, h, w) -> (h, w, 3) float and each object's texture are drawn."""
+
+    background: Callable[[np.random.Generator, int, int], np.ndarray]
+    texture: Callable[[np.random.Generator], np.ndarray]
+
+
+def _random_obj(rng: np.random.Generator, h: int, w: int, category: int | None = None,
+                texture: Callable[[np.random.Generator], np.ndarray] = _texture) -> _Obj:
     side = min(h, w)
     category = int(rng.integers(1, len(CATEGORIES) + 1)) if category is None else category
     return _Obj(
@@ -140,7 +149,7 @@ def _random_obj(rng: np.random.Generator, h: int, w: int, category: int | None =
         radius=rng.uniform(0.11, 0.24) * side * np.sqrt(np.pi / _UNIT_AREA[category - 1]),
         angle=rng.uniform(0, 2 * np.pi),
         aspect=rng.uniform(0.45, 0.75),
-        texture=_texture(rng),
+        texture=texture(rng),
     )
 
 
@@ -192,13 +201,14 @@ def _paint(bg: np.ndarray, objs: list[_Obj]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scene(
-    rng: np.random.Generator, h: int, w: int, n_min: int, n_max: int
+    rng: np.random.Generator, h: int, w: int, n_min: int, n_max: int, style: SceneStyle | None = None
 ) -> tuple[np.ndarray, list[_Obj], np.ndarray]:
     """Sample objects until at least ``n_min`` remain visible; drop near-invisible ones."""
+    background, texture = (style.background, style.texture) if style else (_background, _texture)
     min_area = max(16, int(0.004 * h * w))
-    bg = _background(rng, h, w)
+    bg = background(rng, h, w)
     for _ in range(50):
-        objs = [_random_obj(rng, h, w) for _ in range(int(rng.integers(n_min, n_max + 1)))]
+        objs = [_random_obj(rng, h, w, texture=texture) for _ in range(int(rng.integers(n_min, n_max + 1)))]
         while True:  # removing a hidden object only grows the others, so this terminates
             img, owner = _paint(bg, objs)
             areas = np.bincount(owner[owner >= 0], minlength=len(objs))
@@ -218,11 +228,12 @@ def _rle(mask: np.ndarray) -> dict[str, Any]:
 
 def make_scenes(
     out_dir: str | os.PathLike, n_images: int, *, seed: int, image_size: tuple[int, int] = (192, 192),
-    min_objects: int = 2, max_objects: int = 5,
+    min_objects: int = 2, max_objects: int = 5, style: SceneStyle | None = None,
 ) -> Path:
     """Write ``n_images`` scenes to ``out_dir/images/scene_XXXXXX.png`` and COCO RLE annotations
     (plus per-image ``dominant_category``) to ``out_dir/annotations.json``, which is returned.
-    ``image_size`` is (H, W)."""
+    ``image_size`` is (H, W). ``style`` replaces how backgrounds and object textures are drawn
+    (default: tinted textures and procedural patterns; see `discorep.data.photo_scenes`)."""
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     h, w = image_size
@@ -233,7 +244,7 @@ def make_scenes(
         stale.unlink()
     images, anns = [], []
     for i in tqdm(range(n_images), desc=f"scenes {out_dir.name}", disable=n_images < 64, leave=False):
-        img, objs, owner = _scene(np.random.default_rng((seed, i)), h, w, min_objects, max_objects)
+        img, objs, owner = _scene(np.random.default_rng((seed, i)), h, w, min_objects, max_objects, style)
         name = f"scene_{i:06d}.png"
         Image.fromarray(img).save(img_dir / name)
         areas = [int((owner == k).sum()) for k in range(len(objs))]
@@ -365,14 +376,17 @@ def build_demo_data(
     """Build (or reuse) all demo data under ``root``.
 
     Returns folders ``scenes_train`` (seed 0), ``scenes_val`` (seed 1, held out), ``videos``
-    (DAVIS layout), ``photos``; each scenes folder holds ``annotations.json`` + ``images/``.
+    (DAVIS layout), ``photos``, ``scenes_photo_train`` (seed 3: the shapes on natural photos,
+    `discorep.data.photo_scenes`) and ``pretrain_mix`` (both training sets in one folder: what
+    `make demo` pretrains on); each scenes folder holds ``annotations.json`` + ``images/``.
     ``root/demo_data.json`` records the parameters: a call with the same parameters returns
     at once, different parameters (or ``force``) rebuild. The marker is written last, so an
     interrupted build is redone. Defaults (256 train, 64 val, 4 videos of 12 frames, 192x192 scenes)
     take about 5 s and 20 MB (most of it photos) on 2 CPU cores.
     """
     root = Path(root)
-    out = {k: root / k for k in ("scenes_train", "scenes_val", "videos", "photos")}
+    out = {k: root / k for k in ("scenes_train", "scenes_val", "videos", "photos", "scenes_photo_train",
+                                 "pretrain_mix")}
     params, marker = _params(n_train, n_val, n_videos, image_size), root / _MARKER
     if not force and _marker_matches(marker, params) and all(p.is_dir() for p in out.values()):
         return out
@@ -384,6 +398,11 @@ def build_demo_data(
     make_scenes(out["scenes_val"], n_val, seed=1, image_size=image_size)
     make_videos(out["videos"], n_videos, seed=2)
     export_photos(out["photos"])
+    from discorep.data.photo_scenes import make_photo_scenes, mix_folders
+
+    make_photo_scenes(out["scenes_photo_train"], n_train, seed=3, image_size=image_size)
+    mix_folders(out["pretrain_mix"], {"scenes": out["scenes_train"] / "images",
+                                      "photo_scenes": out["scenes_photo_train"] / "images"})
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(params, sort_keys=True, indent=1), encoding="utf-8")
     os.replace(tmp, marker)
