@@ -59,6 +59,26 @@ def test_lars_two_steps_match_numpy_reference(nesterov, rng):
     np.testing.assert_allclose(got, _lars_reference(w0, grads, lrs, 0.9, 0.1, 0.02, nesterov), rtol=1e-12)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_updates_each_parameter_of_a_group_with_its_own_trust_ratio(nesterov, rng):
+    # Several parameters of different shapes and norms in one group (the update is done for the whole
+    # group at once): each must follow its own single-parameter reference; one starts at zero (trust 1).
+    shapes = [(3, 4), (7,), (2, 2, 2)]
+    w0s = [rng.normal(size=s) * scale for s, scale in zip(shapes, (1.0, 10.0, 0.0))]
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
+    lrs = [0.5, 0.3, 0.1]
+    params = [nn.Parameter(torch.tensor(w, dtype=torch.float64)) for w in w0s]
+    opt = LARS([{"params": params}], lr=lrs[0], momentum=0.9, weight_decay=0.1, eta=0.02, nesterov=nesterov)
+    for step, lr in enumerate(lrs):
+        opt.param_groups[0]["lr"] = lr
+        for p, g in zip(params, grads[step]):
+            p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    for i, p in enumerate(params):
+        ref = _lars_reference(w0s[i], [g[i] for g in grads], lrs, 0.9, 0.1, 0.02, nesterov)
+        np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-12, atol=1e-15)
+
+
 def test_lars_one_step_hand_computed():
     # w = (3, 4): ‖w‖ = 5; g = (0, 1), wd = 0.5 -> u = (1.5, 3), ‖u‖ = √11.25; trust = 0.1·5/√11.25.
     got = _run_lars(np.array([3.0, 4.0]), [np.array([0.0, 1.0])], [2.0], momentum=0.9, weight_decay=0.5, eta=0.1)

@@ -49,37 +49,47 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LARS does not support sparse gradients")
-                self._update(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("LARS does not support sparse gradients")
+            if params:
+                self._update_group(params, group)
         return loss
 
-    def _update(self, p: torch.Tensor, group: dict) -> None:
-        """The update of the module docstring for one parameter."""
+    def _update_group(self, params: list[torch.Tensor], group: dict) -> None:
+        """The update of the module docstring for all parameters of a group at once.
+
+        foreach ops: on a GPU one fused kernel per operation instead of one per parameter (a ResNet-50
+        with heads has ~170 parameters, ~10 operations each); values are the same as one at a time.
+        """
         exclude = bool(group["lars_exclude"])
-        u = p.grad
+        u = [p.grad for p in params]
         if not exclude and group["weight_decay"] != 0:
-            u = u.add(p, alpha=group["weight_decay"])
-        scaled_lr: torch.Tensor | float = group["lr"]
-        if not exclude:
-            w_norm = torch.linalg.vector_norm(p)
-            u_norm = torch.linalg.vector_norm(u)
+            u = torch._foreach_add(u, params, alpha=group["weight_decay"])
+        if exclude:
+            step = torch._foreach_mul(u, group["lr"])
+        else:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            u_norm = torch.stack(torch._foreach_norm(u))
             # torch.where keeps this on the device: no host sync per parameter.
             trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
                                 torch.ones_like(w_norm))
-            scaled_lr = trust * group["lr"]
-        step = u * scaled_lr
-        state = self.state[p]
+            step = torch._foreach_mul(u, list((trust * group["lr"]).unbind()))
         if group["momentum"] != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = torch.zeros_like(p)
-            buf.mul_(group["momentum"]).add_(step)
-            step = buf.mul(group["momentum"]).add_(step) if group["nesterov"] else buf
-        p.sub_(step)
+            bufs = [self._momentum_buffer(p) for p in params]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, step)
+            if group["nesterov"]:
+                step = torch._foreach_add(torch._foreach_mul(bufs, group["momentum"]), step)
+            else:
+                step = bufs
+        torch._foreach_sub_(params, step)
+
+    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        return state["momentum_buffer"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
