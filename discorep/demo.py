@@ -11,7 +11,7 @@ from discorep.data.demo import build_demo_data
 from discorep.data.photo_objects import make_photo_objects
 from discorep.engine.config import Config
 from discorep.engine.configio import load_config
-from discorep.engine.train import pretrain
+from discorep.engine.train import ResumeConfigError, pretrain
 from discorep.eval.report import print_table, write_json
 
 # How the demo's masks are measured (the same as `discorep eval objects ... --size 192 --features c4`).
@@ -51,7 +51,12 @@ def run_demo(config: str, data_root: Path, overrides: list[str] | None = None) -
     print(f"demo data ready in {data_root} ({time.perf_counter() - t0:.1f} s)")
     root = _in_demo_data(load_config(Config, config, overrides or []).data.root, data_root)
     cfg = load_config(Config, config, [f"data.root={root}", *(overrides or [])])
-    run_dir = pretrain(cfg, resume="auto")
+    try:
+        run_dir = pretrain(cfg, resume="auto")
+    except ResumeConfigError as err:  # e.g. a demo run left by an older version of the demo config
+        old_run = Path(cfg.train.out_dir) / cfg.train.name
+        raise ResumeConfigError(f"{err}\nThe demo resumes {old_run}, which another demo config trained: delete "
+                                "that folder to train afresh, or add train.name=NEW_NAME to keep both.") from err
     checkpoint = latest_checkpoint(run_dir)
     sets = {"held-out scenes": (paths["scenes_val"] / "annotations.json", paths["scenes_val"] / "images"),
             "real-photo composites": (photos / "annotations.json", photos / "images")}

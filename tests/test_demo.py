@@ -34,3 +34,9 @@ def test_demo_pretrains_and_measures_masks_against_random(tmp_path, capsys):
     from discorep.data.datasets import ImageFolder
 
     assert len(ImageFolder(used).paths) == 512  # generated scenes + photo scenes, as training reads them
+    # Run again with another config (as after an upgrade of the demo config): a clear way out, not a
+    # pointer to a --allow-config-change flag the demo command does not have.
+    from discorep.engine.train import ResumeConfigError
+
+    with pytest.raises(ResumeConfigError, match=r"(?s)views.jitter_p.*delete that folder"):
+        run_demo(str(CONFIG), tmp_path / "data", [*overrides, "views.jitter_p=0.5"])

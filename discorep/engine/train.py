@@ -44,6 +44,10 @@ class TooManyBadImagesError(RuntimeError):
     pass
 
 
+class ResumeConfigError(ConfigError):
+    """`--resume` found a run trained with another config (or number of processes)."""
+
+
 class PeerLostError(RuntimeError):
     """Another process of a distributed run died or stopped answering."""
 
@@ -325,7 +329,7 @@ def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_wo
                       f"{saved_world} (global batch {saved_world * batch})", f"{world} (global batch {world * batch})"))
     if diffs and not allow_change:
         lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in diffs)
-        raise ConfigError(f"--resume: the run was trained with a different config:\n{lines}\n"
+        raise ResumeConfigError(f"--resume: the run was trained with a different config:\n{lines}\n"
                           "Use the same config, or pass --allow-config-change to resume anyway.")
 
 
