@@ -49,8 +49,8 @@ def run_demo(config: str, data_root: Path, overrides: list[str] | None = None) -
     paths = build_demo_data(data_root)
     photos = make_photo_objects(Path(data_root) / "photo_objects")
     print(f"demo data ready in {data_root} ({time.perf_counter() - t0:.1f} s)")
-    root = _in_demo_data(load_config(Config, config, overrides or []).data.root, data_root)
-    cfg = load_config(Config, config, [f"data.root={root}", *(overrides or [])])
+    cfg = load_config(Config, config, overrides or [])
+    cfg.data.root = str(_in_demo_data(cfg.data.root, data_root))
     try:
         run_dir = pretrain(cfg, resume="auto")
     except ResumeConfigError as err:  # e.g. a demo run left by an older version of the demo config

@@ -39,6 +39,18 @@ def tiny_config(method: str, data_root: Path, out_dir: Path, extra: dict | None 
     return from_dict(Config, merged)
 
 
+def fixed_batch(cfg: Config, n: int) -> dict:
+    """The first `n` training images of `cfg`'s data set, as one collated batch (step 0, epoch 0 views)."""
+    import torch
+
+    from discorep.data.pretrain import collate_views, sample_seed
+    from discorep.engine import builders
+    from discorep.engine.distributed import DistInfo
+
+    dataset = builders.build_dataset(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+    return collate_views([dataset[(i, sample_seed(0, 0, i))] for i in range(n)])
+
+
 def losses_by_step(run_dir: Path) -> dict:
     """{step: loss} from a run's metrics.jsonl."""
     import json

@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
+from discorep.data.datasets import ImageFolder
 from discorep.demo import run_demo
+from discorep.engine.train import ResumeConfigError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "r2o_contrastive_cpu_demo.yaml"  # make demo's
 
@@ -27,16 +30,10 @@ def test_demo_pretrains_and_measures_masks_against_random(tmp_path, capsys):
         assert 0 < trained < 1 and 0 < random < 1 and math.isclose(row["gain (points)"], 100 * (trained - random))
     assert report["checkpoint"].endswith("step_00000002.pt")
     # The config's data/demo/pretrain_mix is moved under the demo data folder actually used.
-    import yaml
-
     used = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
     assert Path(used) == tmp_path / "data" / "pretrain_mix"
-    from discorep.data.datasets import ImageFolder
-
     assert len(ImageFolder(used).paths) == 512  # generated scenes + photo scenes, as training reads them
     # Run again with another config (as after an upgrade of the demo config): a clear way out, not a
     # pointer to a --allow-config-change flag the demo command does not have.
-    from discorep.engine.train import ResumeConfigError
-
     with pytest.raises(ResumeConfigError, match=r"(?s)views.jitter_p.*delete that folder"):
         run_demo(str(CONFIG), tmp_path / "data", [*overrides, "views.jitter_p=0.5"])

@@ -17,12 +17,11 @@ import torch
 
 from discorep import hostsync
 from discorep.data.demo import make_scenes
-from discorep.data.pretrain import collate_views, sample_seed
 from discorep.engine import builders
 from discorep.engine.distributed import DistInfo
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
-from tests.helpers import tiny_config
+from tests.helpers import fixed_batch, tiny_config
 
 READBACKS = ["item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero",
              "unique", "masked_select"]
@@ -83,9 +82,7 @@ def scenes(tmp_path_factory):
 
 
 def _batch(cfg):
-    dataset = builders.build_dataset(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
-    return builders.to_device(collate_views([dataset[(i, sample_seed(0, 0, i))] for i in range(4)]),
-                              torch.device("cpu"))
+    return builders.to_device(fixed_batch(cfg, 4), torch.device("cpu"))  # as the engine hands it over
 
 
 def _step(model, batch, step: int) -> None:

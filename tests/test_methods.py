@@ -8,15 +8,12 @@ import math
 import pytest
 import torch
 
-from discorep.data.demo import make_scenes
-from discorep.data.pretrain import collate_views, sample_seed
-from discorep.engine import builders
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.engine.distributed import DistInfo
+from discorep.data.demo import make_scenes
 from discorep.engine.train import pretrain
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
-from tests.helpers import tiny_config
+from tests.helpers import fixed_batch, tiny_config
 
 METHODS = ["byol", "detcon", "odin", "odin_discrete", "r2o"]
 
@@ -49,18 +46,12 @@ def test_method_trains_20_steps_through_the_engine(method, scenes, tmp_path):
         assert ks[0] == 8 and ks[-1] < 8
 
 
-def _fixed_batch(cfg):
-    dist = DistInfo(0, 1, 0, torch.device("cpu"))
-    dataset = builders.build_dataset(cfg, dist)
-    return collate_views([dataset[(i, sample_seed(0, 0, i))] for i in range(8)])
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_decreases_on_a_fixed_batch(method, scenes, tmp_path):
     cfg = tiny_config(method, scenes, tmp_path, {"train": {"batch_size": 8}})
     torch.manual_seed(0)
     model = build_method(cfg)
-    batch = _fixed_batch(cfg)
+    batch = fixed_batch(cfg, 8)
     opt = torch.optim.SGD(model.online_modules().parameters(), lr=0.05, momentum=0.9)
     losses = []
     for step in range(25):

@@ -90,14 +90,21 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
     return np.where(sel[..., None], c0, c1)
 
 
+def random_square_crop(rng: np.random.Generator, img: np.ndarray, side_low: int, side_high: int,
+                       size_hw: tuple[int, int]) -> np.ndarray:
+    """A square crop of `img` (side drawn from [side_low, side_high), then its position), resized
+    bilinearly to `size_hw` = (h, w); uint8 like the input. Shared by every photo-crop generator."""
+    side = int(rng.integers(side_low, side_high))
+    y, x = (int(rng.integers(0, s - side + 1)) for s in img.shape[:2])
+    crop = Image.fromarray(img[y : y + side, x : x + side])
+    return np.asarray(crop.resize((size_hw[1], size_hw[0]), Image.BILINEAR))
+
+
 def _photo_patch(rng: np.random.Generator) -> np.ndarray:
     """A random square crop of a bundled colour photo, resized to the texture size."""
     names = _available(_TEXTURE_PHOTOS)
-    img = _skimage(names[rng.integers(len(names))])
-    side = int(rng.integers(64, min(img.shape[:2]) // 2))
-    y, x = (int(rng.integers(0, s - side + 1)) for s in img.shape[:2])
-    crop = Image.fromarray(img[y : y + side, x : x + side, :3])
-    return np.asarray(crop.resize((_TEX, _TEX), Image.BILINEAR), dtype=np.float64)
+    img = _skimage(names[rng.integers(len(names))])[..., :3]
+    return random_square_crop(rng, img, 64, min(img.shape[:2]) // 2, (_TEX, _TEX)).astype(np.float64)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

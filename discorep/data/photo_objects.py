@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from discorep.data.demo import random_square_crop
+
 _BACKGROUND_PHOTOS = ("camera", "moon", "clock", "retina", "motorcycle")
 _VERSION = 2
 
@@ -80,9 +82,7 @@ def _cutouts(image: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np
 
 def _composite(rng: np.random.Generator, backgrounds: list, cutouts: list, size: int) -> tuple[np.ndarray, list]:
     bg = backgrounds[rng.integers(len(backgrounds))]
-    side = int(rng.integers(size // 2, min(bg.shape[:2]) + 1))
-    y, x = (int(rng.integers(0, s - side + 1)) for s in bg.shape[:2])
-    canvas = np.asarray(Image.fromarray(bg[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)).copy()
+    canvas = random_square_crop(rng, bg, size // 2, min(bg.shape[:2]) + 1, (size, size)).copy()
     owner = np.zeros((size, size), np.int32)
     for k in range(1, int(rng.integers(1, 5)) + 1):
         rgb, mask = cutouts[rng.integers(len(cutouts))]

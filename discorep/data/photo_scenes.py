@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from discorep.data import demo
 
@@ -27,10 +26,7 @@ def _photo_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """An (h, w, 3) float untinted crop (half the photo's short side up to all of it) of a photo."""
     names = demo._available(demo._TEXTURE_PHOTOS)
     img = demo._skimage(names[rng.integers(len(names))])[..., :3]
-    side = int(rng.integers(min(h, w) // 2, min(img.shape[:2]) + 1))
-    y, x = (int(rng.integers(0, s - side + 1)) for s in img.shape[:2])
-    crop = Image.fromarray(img[y:y + side, x:x + side]).resize((w, h), Image.BILINEAR)
-    return np.asarray(crop, dtype=np.float64)
+    return demo.random_square_crop(rng, img, min(h, w) // 2, min(img.shape[:2]) + 1, (h, w)).astype(np.float64)
 
 
 def _photo_texture(rng: np.random.Generator) -> np.ndarray:
