@@ -167,6 +167,32 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return state
 
 
+def load_weights(module: torch.nn.Module, weights: Any, *, what: str, path: str | Path, hint: str = "") -> None:
+    """``module.load_state_dict(weights, strict=True)``; a mismatch becomes one CheckpointError that counts
+    the missing, unexpected and reshaped keys with an example of each (torch's own message lists every key)."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: its {what} weights are missing or not a state dict; "
+                              "not a checkpoint written by this discorep version?")
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and hasattr(weights[k], "shape")
+                and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or reshaped):
+        module.load_state_dict(weights, strict=True)
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} with another shape (e.g. {k}: file {list(weights[k].shape)}, "
+                     f"model {list(own[k].shape)})")
+    raise CheckpointError(f"{path}: its {what} weights do not fit: {', '.join(parts)}" + (f"; {hint}" if hint else ""))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"

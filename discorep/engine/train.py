@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from discorep.engine import builders
-from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint,
+from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint, load_weights,
                                         prune_checkpoints, save_checkpoint, set_rng_state)
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
@@ -108,13 +108,15 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: str | Path = "checkpoint") -> None:
         m = self.method
-        m.online.load_state_dict(state["online"])
-        m.target.load_state_dict(state["target"])
-        m.predictor.load_state_dict(state["heads"]["predictor"])
+        nets = [("online", m.online, state.get("online")), ("target", m.target, state.get("target")),
+                ("predictor", m.predictor, state.get("heads", {}).get("predictor"))]
         if getattr(m, "discovery", None) is not None:
-            m.discovery.load_state_dict(state["discovery"])
+            nets.append(("discovery", m.discovery, state.get("discovery")))
+        for what, net, weights in nets:
+            load_weights(net, weights, what=what, path=source,
+                         hint="resume with the model settings that wrote it (model.*, method.*)")
         m.load_extra_state_dict(state.get("extra", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and "scaler" in state:
@@ -346,7 +348,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
             state = load_checkpoint(ckpt_path)
             check_resume_config(state["config"], to_dict(cfg), allow_config_change, state.get("world_size"),
                                 dist_info.world_size)
-            trainer.load_state_dict(state)
+            trainer.load_state_dict(state, ckpt_path)
             log.info("resumed from %s at step %d", ckpt_path, trainer.step)
         if dist_info.is_main:
             save_config(cfg, run_dir / "config.yaml")

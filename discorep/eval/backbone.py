@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discorep.checkpoint import CheckpointError, load_checkpoint
+from discorep.checkpoint import CheckpointError, load_checkpoint, load_weights
 from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
 from discorep.errors import UsageError
 from discorep.models.backbones import ARCHS, Encoder
@@ -66,15 +66,16 @@ def _sub_state(state: dict, prefix: str) -> dict:
 
 def _checkpoint_model(path: Path) -> EvalModel:
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or "online" not in state or "config" not in state:
+    if not isinstance(state.get("online"), dict) or "config" not in state:
         raise CheckpointError(f"{path}: not a discorep pretraining checkpoint (no 'online' network/config); "
                               "pass a file from runs/<name>/checkpoints/ or random:<arch>")
-    m = state["config"].get("model", {})
+    m = state["config"].get("model", {}) if isinstance(state["config"], dict) else {}
+    if m.get("arch") not in ARCHS:
+        raise CheckpointError(f"{path}: its config names no known model.arch ({m.get('arch')!r}); "
+                              f"expected one of {', '.join(ARCHS)}")
     encoder = Encoder(m["arch"], fpn=m.get("fpn", False), fpn_dim=m.get("fpn_dim", 256), norm=m.get("norm", "bn"))
-    try:
-        encoder.load_state_dict(_sub_state(state["online"], "encoder."), strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: its weights do not fit a {m['arch']} encoder ({str(err)[:300]})") from err
+    load_weights(encoder, _sub_state(state["online"], "encoder."), what=f"{m['arch']} encoder", path=path,
+                 hint="the file's weights come from another architecture than its config says")
     projector = None
     proj_state = _sub_state(state["online"], "projector.")
     if proj_state:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from discorep.checkpoint import CheckpointError
 from discorep.data.demo import make_scenes
 from discorep.engine.configio import ConfigError
 from discorep.engine.train import NonFiniteLossError, pretrain
@@ -28,6 +29,19 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(outcome, scenes, tmp
     run_dir = pretrain(changed, resume="auto", allow_config_change=True)
     assert final_state(run_dir)["step"] == 4
     outcome("config", "--resume with a changed config", "refused naming optim.base_lr; --allow-config-change resumes")
+
+
+def test_forced_resume_into_another_model_is_one_clear_error(outcome, scenes, tmp_path):
+    pretrain(tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 2}}))
+    wider = tiny_config("byol", scenes, tmp_path, {"train": {"max_steps": 4}, "model": {"proj_dim": 32}})
+    with pytest.raises(CheckpointError) as info:
+        pretrain(wider, resume="auto", allow_config_change=True)
+    msg = str(info.value)
+    # The projector's last layer changed shape: counted, one example with both shapes, the file named.
+    assert "step_00000002.pt" in msg and "online weights do not fit" in msg and "with another shape" in msg
+    assert "\n" not in msg and "model [32" in msg, msg
+    outcome("config", "--resume --allow-config-change into another model shape",
+            "CheckpointError counting the reshaped keys, one example, the file")
 
 
 def _nan_after(method_cls, bad_step):
