@@ -12,8 +12,10 @@ reading the code (docs/performance.md, "Memory"), not fitted:
 
     k-means, R = B * n_init:  max(12 R N D + 4 R K D + 9 R N,                  final assignment
                                   4 R N D + 8 R N K + 12 R K D + 17 R N)       Lloyd distances
-    masks, V views of a (B, P, P) label map with M ids, (g, g) grid:
-                              4 B M P^2 + max(13 B P^2, 4 B M (2V + 1) g^2)
+    masks, V views of a (B, P, P) label map with M ids, (g, g) grid, s = ceil(P/g) + 1 samples per cell
+    and axis, S = B (g s)^2 samples per view:
+                              4 B M g^2 (V - 1) + max(4 B (M + 1) g^2 + 48 B g s + 8 g^2
+                                                      + max(16 S, 4 B M g^2),  12 B M g^2)
 
 train: `discorep pretrain --config configs/r2o_cpu_demo.yaml` (the demo's config and data size: 256
 generated 192-px scenes) for `--epochs` epochs (1: 8 steps); the peak RSS of the main process (wait4's ru_maxrss)
@@ -67,11 +69,17 @@ def kmeans_peak_bytes(B: int, N: int, D: int, K: int, n_init: int = 1) -> int:
 def align_peak_bytes(B: int, M: int, P: int, g: int, views: int = 2) -> int:
     """Predicted peak bytes of `align_masks_views` for (B, P, P) int64 labels with M ids into V views.
 
-    The one-hot (4BMP^2) lives throughout; while it is filled, the clamped int64 ids, the validity
-    mask and its float copy (13BP^2); then RoIAlign's output for all views (4VBMg^2) plus each view's
-    flipped copy and where-output (2 x 4BMg^2 per view, one flip temporary at a time).
+    Views are aligned one after the other; each finished one keeps its soft masks (4BMg^2). Inside a
+    view: the scatter target with its extra "no label" channel (4B(M+1)g^2), the per-axis sample
+    indices and weights (2 axes x 24·B·g·s), the cell offsets (8g^2), and then the larger of one corner's
+    pixel indices + gathered ids (2 x 8S int64) and the divided result (4BMg^2); after it, the result,
+    its flipped copy and the where-output (3 x 4BMg^2).
     """
-    return 4 * B * M * P * P + max(13 * B * P * P, 4 * B * M * (2 * views + 1) * g * g)
+    s = -(-P // g) + 1
+    samples = B * (g * s) ** 2
+    per_view = 4 * B * M * g * g
+    inside = 4 * B * (M + 1) * g * g + 48 * B * g * s + 8 * g * g + max(16 * samples, per_view)
+    return per_view * (views - 1) + max(inside, 3 * per_view)
 
 
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:

@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from discorep.data.views import ViewConfig, ViewSampler, crop_to_view
-from discorep.discovery.align import (AlignedMasks, AlignInputError, LabelIdError, align_masks, hard_masks,
-                                      labels_to_onehot)
+from discorep.discovery.align import (AlignedMasks, AlignInputError, LabelIdError, align_masks, align_masks_views,
+                                      align_onehot_views, hard_masks, labels_to_onehot)
 
 # 4x4 label map; grid 2 over the whole map makes each cell exactly 2x2 label pixels.
 LABELS = torch.tensor([[0, 0, 1, 1],
@@ -98,6 +98,36 @@ def test_align_matches_avg_pool_oracle():
     covered = out.soft.sum(1) > 0
     assert torch.equal(hard.sum(1), covered.float())  # one mask per covered cell, none elsewhere
     assert torch.equal(out.present, out.soft.sum((-2, -1)) >= 0.5)
+
+
+@pytest.mark.parametrize("case", ["downsample", "upsample", "edges"])
+def test_label_alignment_equals_roi_align_on_the_one_hot(case):
+    # The oracle: torchvision's roi_align over the explicit one-hot (what align_onehot_views runs).
+    g = torch.Generator().manual_seed({"downsample": 0, "upsample": 1, "edges": 2}[case])
+    B, M = 12, 7
+    h, w, grid = {"downsample": (40, 52, (3, 5)), "upsample": (6, 5, (14, 14)), "edges": (17, 23, (4, 4))}[case]
+    labels = torch.randint(-1, M, (B, h, w), generator=g)
+    frames = torch.rand(B, 2, generator=g) * 30
+    frames = torch.cat([frames, frames + torch.tensor([w * 3.0, h * 3.0]) * (0.5 + torch.rand(B, 1, generator=g))], 1)
+    size = frames[:, 2:] - frames[:, :2]
+    if case == "edges":  # boxes flush with the frame, thin boxes, and a whole-frame box
+        lo = torch.rand(B, 2, generator=g) * torch.tensor([[0.0, 0.5]])
+        hi = 1 - torch.rand(B, 2, generator=g) * torch.tensor([[0.5, 0.0]])
+        lo[0], hi[0] = 0.0, 1.0
+        hi[1] = lo[1] + 0.01
+    else:  # random sub-pixel boxes anywhere inside the frame
+        a, b = torch.rand(B, 2, generator=g), torch.rand(B, 2, generator=g)
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b).clamp(min=torch.minimum(a, b) + 0.05)
+    # Third view: the frame shifted by a fifth of its size, so part of it lies outside the label map.
+    views = [torch.cat([frames[:, :2] + lo * size, frames[:, :2] + hi * size], 1), frames.clone(),
+             frames + 0.2 * size.repeat(1, 2) * torch.tensor([1.0, -1.0, 1.0, -1.0])]
+    flips = [torch.rand(B, generator=g) < 0.5, torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]
+    got = align_masks_views(labels, frames, views, flips, grid, M, min_cells=0.3)
+    want = align_onehot_views(labels_to_onehot(labels, M), frames, views, flips, grid, min_cells=0.3)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.soft, b.soft, atol=2e-6, rtol=0)
+        assert torch.equal(a.present, b.present)
+    assert all(a.soft.sum() > 0 for a in got)
 
 
 def test_hard_masks_empty_cells_stay_zero():

@@ -32,6 +32,22 @@ def test_resnet18_shapes_and_strides(fpn):
     _check_maps(enc, out, 64, 2)
 
 
+def test_up_to_c4_equals_the_full_forward_and_skips_layer4():
+    torch.manual_seed(0)
+    enc = Encoder("resnet18", fpn=True, fpn_dim=16).eval()
+    x = torch.randn(2, 3, 64, 64)
+    calls = []
+    hook = enc.backbone.layer4.register_forward_hook(lambda *a: calls.append(1))
+    full = enc(x)
+    assert calls == [1]
+    short = enc(x, up_to="c4")
+    hook.remove()
+    assert calls == [1] and set(short) == {"c4"}  # layer4 (and the FPN that needs it) never ran
+    assert torch.equal(short["c4"], full["c4"])
+    with pytest.raises(ValueError, match="up_to"):
+        enc(x, up_to="c3")
+
+
 def test_swin_t_shapes_at_small_input():
     enc = Encoder("swin_t", fpn=True, fpn_dim=16)
     out = enc(torch.randn(1, 3, 64, 64))

@@ -3,14 +3,19 @@
 A label map `(h, w)` covers a *frame box* in original-image pixels (the whole image for priors and
 the raw view, the spanning box for Odin's v0). A view covers its own box, resized to the grid and
 then possibly flipped (docs/architecture.md, "Coordinate conventions"). Odin §3.1 obtains the views'
-masks "by simply cropping, flipping, and resizing" v0's masks; here that is one batched
-`torchvision.ops.roi_align` over the one-hot masks, which gives each grid cell (approximately) the
+masks "by simply cropping, flipping, and resizing" v0's masks; here that is RoIAlign
+(`torchvision.ops.roi_align` semantics) of the one-hot masks, which gives each grid cell (approximately) the
 fraction of its area covered by each mask. When a cell is smaller than a label pixel (upsampling,
 e.g. Odin's 14×14 v0 labels into a small view), values are bilinear interpolations of the one-hot:
 boundaries are soft over one label pixel, and their argmax is the nearest-neighbour mask.
 
-Memory: the one-hot tensor is B·M·h·w float32 (e.g. 64 images × 128 masks × 224² ≈ 1.6 GB), plus
-the B·M·gh·gw output.
+Label maps are aligned without building that one-hot (`_align_labels`): each RoIAlign sample adds its
+four bilinear weights to the ids of its four corner pixels (a scatter-add), which is the same sum RoIAlign
+computes over the one-hot channels (equal to float rounding; tests/test_align.py checks it against
+`roi_align` itself). Work and memory are then independent of the number of masks M: about
+B·(h + 2·gh)·(w + 2·gw) samples per view instead of the B·M·h·w float32 one-hot (64 images × 100 SLIC
+regions × 224² ≈ 1.2 GiB) that a literal RoIAlign call needs. `align_onehot_views` keeps the literal
+call for arbitrary non-negative weight maps.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ class AlignedMasks:
 
 def labels_to_onehot(labels: Tensor, num_masks: int) -> Tensor:
     """(B, h, w) int ids in [-1, num_masks) → (B, M, h, w) float32 one-hot; id −1 gives all zeros."""
+    labels = _check_labels(labels, num_masks)
+    valid = labels >= 0
+    onehot = torch.zeros(labels.shape[0], num_masks, *labels.shape[1:], device=labels.device)
+    # Scatter 1 at each pixel's id; "no label" pixels scatter 0 into channel 0 (a no-op).
+    onehot.scatter_(1, labels.clamp(min=0).unsqueeze(1), valid.unsqueeze(1).float())
+    return onehot
+
+
+def _check_labels(labels: Tensor, num_masks: int) -> Tensor:
+    """Validated (B, h, w) int64 ids in [-1, num_masks)."""
+    if not isinstance(labels, Tensor):
+        raise AlignInputError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 3 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise AlignInputError(f"labels must be an integer tensor (B, h, w), got {labels.dtype} {tuple(labels.shape)}")
     if isinstance(num_masks, bool) or not isinstance(num_masks, int) or num_masks < 1:
@@ -53,12 +70,7 @@ def labels_to_onehot(labels: Tensor, num_masks: int) -> Tensor:
         if lo < -1 or hi >= num_masks:
             raise LabelIdError(f"label ids must lie in [-1, {num_masks}) (−1 = no label), found [{lo}, {hi}]; "
                                f"pass num_masks > {hi} or relabel the map")
-    labels = labels.long()
-    valid = labels >= 0
-    onehot = torch.zeros(labels.shape[0], num_masks, *labels.shape[1:], device=labels.device)
-    # Scatter 1 at each pixel's id; "no label" pixels scatter 0 into channel 0 (a no-op).
-    onehot.scatter_(1, labels.clamp(min=0).unsqueeze(1), valid.unsqueeze(1).float())
-    return onehot
+    return labels.long()
 
 
 def _grid_size(grid: int | tuple[int, int]) -> tuple[int, int]:
@@ -102,12 +114,93 @@ def align_masks(labels: Tensor, frame_boxes: Tensor, view_boxes: Tensor, view_fl
 
 def align_masks_views(labels: Tensor, frame_boxes: Tensor, view_boxes: list[Tensor], view_flips: list[Tensor],
                       grid: int | tuple[int, int], num_masks: int, *, min_cells: float = 0.5) -> list[AlignedMasks]:
-    """`align_masks` for several views of the same label maps: one one-hot, one RoIAlign call."""
-    if not isinstance(labels, Tensor):
-        raise AlignInputError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    """`align_masks` for several views of the same label maps (RoIAlign's result, without the one-hot)."""
+    labels = _check_labels(labels, num_masks)
     gh, gw = _grid_size(grid)
-    onehot = labels_to_onehot(labels, num_masks)
-    return align_onehot_views(onehot, frame_boxes, view_boxes, view_flips, (gh, gw), min_cells=min_cells)
+    B, h, w = labels.shape
+    device = labels.device
+    frame_boxes = _check_boxes("frame_boxes", frame_boxes, B).to(device)
+    flips = _check_flips(view_flips, B, device)
+    out = []
+    for vb, flip in zip(view_boxes, flips):
+        rois = _rois(frame_boxes, _check_boxes("view_boxes", vb, B).to(device), h, w)
+        # Passed on directly (no variable keeps the unflipped copy alive while the next view is aligned).
+        out.append(_finish(_align_labels(labels, num_masks, rois, (gh, gw)) if B
+                           else torch.zeros(0, num_masks, gh, gw, device=device), flip, min_cells))
+    return out
+
+
+def _check_flips(view_flips: list[Tensor], batch: int, device: torch.device) -> list[Tensor]:
+    flips = []
+    for f in view_flips:
+        f = f.to(device=device, dtype=torch.bool).reshape(-1)
+        if f.shape != (batch,):
+            raise AlignInputError(f"view_flips must have shape ({batch},), got {tuple(f.shape)}")
+        flips.append(f)
+    return flips
+
+
+def _finish(soft: Tensor, flip: Tensor, min_cells: float) -> AlignedMasks:
+    soft = torch.where(flip[:, None, None, None], soft.flip(-1), soft)
+    return AlignedMasks(soft=soft, present=soft.sum(dim=(-2, -1)) >= min_cells)
+
+
+def _axis_samples(start: Tensor, length: Tensor, cells: int, size: int, max_per_cell: int):
+    """RoIAlign's sample positions along one axis and their bilinear corners, per roi.
+
+    Mirrors torchvision's kernel (aligned=True, sampling_ratio=0): ceil(length / cells) samples per cell
+    at (i + 0.5)/n of the cell, positions beyond [-1, size] weigh nothing, others are clamped into the
+    map. Returns (low index, high index, low weight, high weight), each (R, cells, max_per_cell); the
+    weights of unused sample slots (i >= n) are 0, and `n` (R,) for the average.
+    """
+    bin_size = length / cells
+    n = torch.ceil(length / cells).clamp(min=0, max=max_per_cell)
+    i = torch.arange(max_per_cell, device=start.device, dtype=start.dtype)
+    cell = torch.arange(cells, device=start.device, dtype=start.dtype)
+    n_ = n[:, None, None]
+    pos = start[:, None, None] + cell[None, :, None] * bin_size[:, None, None] \
+        + (i[None, None, :] + 0.5) * bin_size[:, None, None] / n_.clamp(min=1)
+    used = (i[None, None, :] < n_) & (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0)
+    low = pos.floor().clamp(max=size - 1)
+    pos = torch.where(low >= size - 1, low, pos)  # the kernel's last-row rule: no high neighbour
+    frac = pos - low
+    high = torch.where(low >= size - 1, low, low + 1)
+    w_low, w_high = (1 - frac) * used, frac * used
+    return low.long(), high.long(), w_low, w_high, n
+
+
+def _align_labels(labels: Tensor, num_masks: int, rois: Tensor, grid: tuple[int, int]) -> Tensor:
+    """`roi_align(labels_to_onehot(labels), rois, grid, sampling_ratio=0, aligned=True)` from the ids.
+
+    Every sample's four bilinear weights are scatter-added to the ids of its four corner pixels. Slots per
+    cell are bounded by the label map (a view inside its frame never needs more); a larger box is
+    sampled at that bound, which still averages its cells' areas.
+    """
+    B, h, w = labels.shape
+    gh, gw = grid
+    R = rois.shape[0]
+    x0, y0 = rois[:, 1] - 0.5, rois[:, 2] - 0.5  # aligned=True: half-pixel offset
+    ys = _axis_samples(y0, (rois[:, 4] - 0.5) - y0, gh, h, -(-h // gh) + 1)
+    xs = _axis_samples(x0, (rois[:, 3] - 0.5) - x0, gw, w, -(-w // gw) + 1)
+    count = (ys[4] * xs[4]).clamp(min=1)
+    flat = labels.reshape(-1)
+    base = rois[:, 0].long() * (h * w)
+    cell = (torch.arange(gh, device=labels.device)[:, None, None, None] * gw
+            + torch.arange(gw, device=labels.device)[None, None, :, None])  # (gh, 1, gw, 1)
+    out = torch.zeros(R, (num_masks + 1) * gh * gw, device=labels.device)
+    for yi, wy in ((ys[0], ys[2]), (ys[1], ys[3])):
+        for xi, wx in ((xs[0], xs[2]), (xs[1], xs[3])):
+            pixel = base[:, None, None, None, None] + yi[:, :, :, None, None] * w + xi[:, None, None, :, :]
+            ids = flat[pixel]
+            del pixel  # in-place from here on: the peak stays at two int64 samples-sized tensors
+            ids.masked_fill_(ids < 0, num_masks)  # "no label" goes to a discarded extra channel
+            ids.mul_(gh * gw).add_(cell)
+            weight = wy[:, :, :, None, None] * wx[:, None, None, :, :]
+            out.scatter_add_(1, ids.reshape(R, -1), weight.reshape(R, -1))
+            del ids, weight
+    out = out.view(R, num_masks + 1, gh, gw)[:, :num_masks]
+    return out / count[:, None, None, None]
 
 
 def align_onehot_views(onehot: Tensor, frame_boxes: Tensor, view_boxes: list[Tensor], view_flips: list[Tensor],
@@ -117,12 +210,7 @@ def align_onehot_views(onehot: Tensor, frame_boxes: Tensor, view_boxes: list[Ten
     gh, gw = grid
     device = onehot.device
     frame_boxes = _check_boxes("frame_boxes", frame_boxes, B).to(device)
-    flips = []
-    for f in view_flips:
-        f = f.to(device=device, dtype=torch.bool).reshape(-1)
-        if f.shape != (B,):
-            raise AlignInputError(f"view_flips must have shape ({B},), got {tuple(f.shape)}")
-        flips.append(f)
+    flips = _check_flips(view_flips, B, device)
     if B == 0:
         empty = AlignedMasks(onehot.new_zeros(0, M, gh, gw), torch.zeros(0, M, dtype=torch.bool, device=device))
         return [empty for _ in view_boxes]
@@ -131,11 +219,7 @@ def align_onehot_views(onehot: Tensor, frame_boxes: Tensor, view_boxes: list[Ten
     # ceil(bin size) samples per bin and axis: at least one per label pixel, so the bilinear samples
     # average to the cell's area fraction when downsampling (exact when bins are whole pixels).
     soft_all = roi_align(onehot, rois, output_size=(gh, gw), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-    out = []
-    for soft, flip in zip(soft_all.split(B), flips):
-        soft = torch.where(flip[:, None, None, None], soft.flip(-1), soft)
-        out.append(AlignedMasks(soft=soft, present=soft.sum(dim=(-2, -1)) >= min_cells))
-    return out
+    return [_finish(soft, flip, min_cells) for soft, flip in zip(soft_all.split(B), flips)]
 
 
 def hard_masks(soft: Tensor) -> Tensor:

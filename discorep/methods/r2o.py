@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.profiler import record_function
 
-from discorep.discovery.align import AlignedMasks, align_onehot_views, labels_to_onehot
+from discorep.discovery.align import AlignedMasks, align_masks_views
 from discorep.discovery.sources import cluster_masks, region_clusters, region_kmeans_labels
 from discorep.engine.config import Config
 from discorep.engine.schedules import k_at, k_lr_scale
@@ -46,16 +46,17 @@ class R2O(PretrainMethod):
                                     seed=info.kmeans_seed(), iters=m.kmeans_iters)
 
     def view_masks(self, batch: dict[str, Tensor], info: StepInfo, K: int) -> tuple[AlignedMasks, AlignedMasks]:
-        """Cluster masks in both views: the prior is rasterised once and aligned to the raw grid (for
+        """Cluster masks in both views: the prior is aligned to the raw grid (for
         the region embeddings) and to both views (cluster masks = sums of their regions' masks)."""
         m = self.cfg.method
         feats = dense_features(self.region_network(), batch["raw"], m.region_features)
         with record_function("discorep/align"):
-            onehot = labels_to_onehot(batch["prior"], batch["prior_num"])
+            prior, num = batch["prior"], batch["prior_num"]
             raw_box, no_flip = batch["raw_box"], torch.zeros_like(batch["flip1"])
-            (raw,) = align_onehot_views(onehot, raw_box, [raw_box], [no_flip], tuple(feats.shape[-2:]), min_cells=1e-6)
-            v1, v2 = align_onehot_views(onehot, raw_box, [batch["box1"], batch["box2"]],
-                                        [batch["flip1"], batch["flip2"]], (self.grid(), self.grid()))
+            (raw,) = align_masks_views(prior, raw_box, [raw_box], [no_flip], tuple(feats.shape[-2:]), num,
+                                       min_cells=1e-6)
+            v1, v2 = align_masks_views(prior, raw_box, [batch["box1"], batch["box2"]],
+                                       [batch["flip1"], batch["flip2"]], self.grid(), num)
         clusters = region_clusters(feats, raw.soft, raw.present, K, seed=info.kmeans_seed(), iters=m.kmeans_iters)
         with record_function("discorep/align"):
             return cluster_masks(v1, clusters, K), cluster_masks(v2, clusters, K)

@@ -145,12 +145,14 @@ class Encoder(nn.Module):
         return {"c4": dim, "c5": dim}
 
     # ----- per-family pyramids -----
-    def _resnet_pyramid(self, x: Tensor) -> dict[str, Tensor]:
+    def _resnet_pyramid(self, x: Tensor, up_to: str = "c5") -> dict[str, Tensor]:
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         c2 = b.layer1(x)
         c3 = b.layer2(c2)
         c4 = b.layer3(c3)
+        if up_to == "c4":  # layer4 is ~20 % of a ResNet forward; C4-only users skip it
+            return {"c2": c2, "c3": c3, "c4": c4}
         c5 = b.layer4(c4)
         return {"c2": c2, "c3": c3, "c4": c4, "c5": c5}
 
@@ -163,18 +165,24 @@ class Encoder(nn.Module):
         (last,) = self.backbone.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
         return {"c4": last, "c5": last}
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, up_to: str | None = None) -> dict[str, Tensor]:
+        """{"c4", "c5"[, "fpn"]} feature maps; ``up_to="c4"`` returns {"c4"} alone and, for ResNets, skips
+        the last stage (R2O's region features and C4 evaluations need nothing deeper)."""
+        if up_to not in (None, "c4"):
+            raise ValueError(f"up_to must be None or 'c4', got {up_to!r}")
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"Encoder expects images (B, 3, H, W); got shape {tuple(x.shape)}")
         min_side = 32 if self.is_resnet or self.arch == "swin_t" else 16
         if min(x.shape[-2:]) < min_side:
             raise ValueError(f"{self.arch} needs H, W >= {min_side}; got {tuple(x.shape[-2:])}")
         if self.is_resnet:
-            pyr = self._resnet_pyramid(x)
+            pyr = self._resnet_pyramid(x, up_to or "c5")
         elif self.arch == "swin_t":
             pyr = self._swin_pyramid(x)
         else:
             pyr = self._vit_pyramid(x)
+        if up_to == "c4":
+            return {"c4": pyr["c4"]}
         out = {"c4": pyr["c4"], "c5": pyr["c5"]}
         if self.fpn is not None:
             feats = self.fpn(OrderedDict((k, pyr[k]) for k in ("c2", "c3", "c4", "c5")))
