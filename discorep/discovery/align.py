@@ -154,7 +154,7 @@ def _axis_samples(start: Tensor, length: Tensor, cells: int, size: int, max_per_
     weights of unused sample slots (i >= n) are 0, and `n` (R,) for the average.
     """
     bin_size = length / cells
-    n = torch.ceil(length / cells).clamp(min=0, max=max_per_cell)
+    n = bin_size.ceil().clamp(min=0, max=max_per_cell)
     i = torch.arange(max_per_cell, device=start.device, dtype=start.dtype)
     cell = torch.arange(cells, device=start.device, dtype=start.dtype)
     n_ = n[:, None, None]
@@ -163,9 +163,9 @@ def _axis_samples(start: Tensor, length: Tensor, cells: int, size: int, max_per_
     used = (i[None, None, :] < n_) & (pos >= -1.0) & (pos <= size)
     pos = pos.clamp(min=0)
     low = pos.floor().clamp(max=size - 1)
-    pos = torch.where(low >= size - 1, low, pos)  # the kernel's last-row rule: no high neighbour
-    frac = pos - low
-    high = torch.where(low >= size - 1, low, low + 1)
+    last = low >= size - 1  # the kernel's last-row rule: no high neighbour, all weight on `low`
+    frac = torch.where(last, 0.0, pos - low)
+    high = torch.where(last, low, low + 1)
     w_low, w_high = (1 - frac) * used, frac * used
     return low.long(), high.long(), w_low, w_high, n
 
@@ -181,16 +181,16 @@ def _align_labels(labels: Tensor, num_masks: int, rois: Tensor, grid: tuple[int,
     gh, gw = grid
     R = rois.shape[0]
     x0, y0 = rois[:, 1] - 0.5, rois[:, 2] - 0.5  # aligned=True: half-pixel offset
-    ys = _axis_samples(y0, (rois[:, 4] - 0.5) - y0, gh, h, -(-h // gh) + 1)
-    xs = _axis_samples(x0, (rois[:, 3] - 0.5) - x0, gw, w, -(-w // gw) + 1)
-    count = (ys[4] * xs[4]).clamp(min=1)
+    y_low, y_high, wy_low, wy_high, n_y = _axis_samples(y0, (rois[:, 4] - 0.5) - y0, gh, h, -(-h // gh) + 1)
+    x_low, x_high, wx_low, wx_high, n_x = _axis_samples(x0, (rois[:, 3] - 0.5) - x0, gw, w, -(-w // gw) + 1)
+    count = (n_y * n_x).clamp(min=1)
     flat = labels.reshape(-1)
     base = rois[:, 0].long() * (h * w)
     cell = (torch.arange(gh, device=labels.device)[:, None, None, None] * gw
             + torch.arange(gw, device=labels.device)[None, None, :, None])  # (gh, 1, gw, 1)
     out = torch.zeros(R, (num_masks + 1) * gh * gw, device=labels.device)
-    for yi, wy in ((ys[0], ys[2]), (ys[1], ys[3])):
-        for xi, wx in ((xs[0], xs[2]), (xs[1], xs[3])):
+    for yi, wy in ((y_low, wy_low), (y_high, wy_high)):
+        for xi, wx in ((x_low, wx_low), (x_high, wx_high)):
             pixel = base[:, None, None, None, None] + yi[:, :, :, None, None] * w + xi[:, None, None, :, :]
             ids = flat[pixel]
             del pixel  # in-place from here on: the peak stays at two int64 samples-sized tensors

@@ -125,9 +125,8 @@ def dense_features(model: EvalModel, images: Tensor, kind: str = "c5", project: 
     projector that fits the FPN width and `project` is set (Odin A.4: "with FPN, we use the
     projections z"); otherwise the hidden vectors h.
     """
-    # C4 alone skips the ResNet's last stage; other encoders (e.g. a user's module) get the plain call.
-    out = model.encoder(images, up_to="c4") if kind == "c4" and isinstance(model.encoder, Encoder) \
-        else model.encoder(images)
+    # Our Encoder stops after the stage `kind` needs; other encoders (e.g. a user's module) get the plain call.
+    out = model.encoder(images, up_to=kind) if isinstance(model.encoder, Encoder) else model.encoder(images)
     if kind not in out:
         raise UsageError(f"features '{kind}' are not available for {model.source} "
                          f"(available: {', '.join(sorted(out))})")

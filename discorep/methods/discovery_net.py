@@ -22,7 +22,7 @@ def dense_features(branch: nn.Module, x: Tensor, feature: str, project: bool = F
     was_training = branch.training
     branch.eval()
     try:
-        h = branch.encoder(x, up_to="c4" if feature == "c4" else None)[feature]
+        h = branch.encoder(x, up_to=feature)[feature]
         if project:
             B, C, gh, gw = h.shape
             z = branch.projector(h.flatten(2).transpose(1, 2))  # g applied to each vector (Odin §3.1)

@@ -166,17 +166,18 @@ class Encoder(nn.Module):
         return {"c4": last, "c5": last}
 
     def forward(self, x: Tensor, up_to: str | None = None) -> dict[str, Tensor]:
-        """{"c4", "c5"[, "fpn"]} feature maps; ``up_to="c4"`` returns {"c4"} alone and, for ResNets, skips
-        the last stage (R2O's region features and C4 evaluations need nothing deeper)."""
-        if up_to not in (None, "c4"):
-            raise ValueError(f"up_to must be None or 'c4', got {up_to!r}")
+        """{"c4", "c5"[, "fpn"]} feature maps. ``up_to``: the feature the caller needs; "c4" returns {"c4"}
+        alone and, for ResNets, skips the last stage (R2O's region features and C4 evaluations need nothing
+        deeper); None, "c5" and "fpn" compute everything."""
+        if up_to not in (None, "c4", "c5", "fpn"):
+            raise ValueError(f"up_to must be None, 'c4', 'c5' or 'fpn', got {up_to!r}")
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"Encoder expects images (B, 3, H, W); got shape {tuple(x.shape)}")
         min_side = 32 if self.is_resnet or self.arch == "swin_t" else 16
         if min(x.shape[-2:]) < min_side:
             raise ValueError(f"{self.arch} needs H, W >= {min_side}; got {tuple(x.shape[-2:])}")
         if self.is_resnet:
-            pyr = self._resnet_pyramid(x, up_to or "c5")
+            pyr = self._resnet_pyramid(x, "c4" if up_to == "c4" else "c5")
         elif self.arch == "swin_t":
             pyr = self._swin_pyramid(x)
         else:
