@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discorep import hostsync
+from discorep.precision import full_precision
 from discorep.discovery.random import hash32, uniform
 
 __all__ = ["KMeansResult", "batched_kmeans", "pooled_kmeans"]
@@ -252,6 +253,7 @@ def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, 
 
 
 @torch.no_grad()
+@full_precision  # fp32 distances whatever autocast the caller runs under (issue 12)
 def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int = 50,
                    tol: float = 1e-4, seed: int | Tensor = 0, normalize: bool = True,
                    n_init: int = 1, sync_every: int | None = None) -> KMeansResult:

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from discorep.precision import full_precision
 
+
+@full_precision
 def regression_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Per-item loss (N,): ‖q/‖q‖ − z/‖z‖‖² = 2 − 2·cos(q, z); the target is detached."""
     if pred.ndim != 2 or pred.shape != target.shape:
@@ -17,6 +20,7 @@ def regression_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 2.0 - 2.0 * (q * z).sum(dim=-1)
 
 
+@full_precision
 def byol_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Weighted mean Σ wᵢ·lᵢ / Σ wᵢ of `regression_loss`; all-zero weights give 0 (with a graph, no NaN)."""
     per_item = regression_loss(pred, target)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discorep.losses.distributed import gather_with_sizes, world_info
+from discorep.precision import full_precision
 
 
 def _check_inputs(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Tensor, valid: Tensor,
@@ -65,6 +66,7 @@ def _direction(pred: Tensor, target_local: Tensor, keys: Tensor, neg: Tensor, te
     return (torch.logsumexp(all_logits, dim=1) - pos.reshape(-1)).reshape(pos.shape)
 
 
+@full_precision  # logits in fp32 under bf16/fp16 autocast (issue 12)
 def contrastive_loss(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Tensor, valid: Tensor, *,
                      temperature: float = 0.1, ids: Tensor | None = None, gather: bool = True) -> Tensor:
     """Symmetrised object contrastive loss (Odin eq. 4) on (B, M, D) predictions / targets.
