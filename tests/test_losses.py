@@ -40,8 +40,10 @@ def test_byol_rejects_bad_shapes():
 
 
 # ----------------------------------------------------------------------------- contrastive
-def reference_contrastive(p1, t2, p2, t1, valid, ids, alpha):
-    """Explicit loops: for every valid anchor, −log softmax of the positive against a negative list."""
+def reference_contrastive(p1, t2, p2, t1, valid, ids, alpha, same_view=True):
+    """Explicit loops: for every valid anchor, −log softmax of the positive against a negative list.
+
+    same_view: DetCon's reference also takes negatives from the anchor's own view's targets."""
     b_n, m_n, _ = p1.shape
     p1, t2, p2, t1 = (x.double() for x in (p1, t2, p2, t1))
 
@@ -54,16 +56,17 @@ def reference_contrastive(p1, t2, p2, t1, valid, ids, alpha):
             if not valid[b, m]:
                 continue
             count += 1
-            for p, t in ((p1, t2), (p2, t1)):
+            for p, t, own in ((p1, t2, t1), (p2, t1, t2)):
                 pos = sim(p[b, m], t[b, m])
                 negs = []
-                for b2 in range(b_n):
-                    for m2 in range(m_n):
-                        if not valid[b2, m2]:
-                            continue
-                        if b2 == b and (m2 == m or (ids is not None and ids[b, m2] == ids[b, m])):
-                            continue
-                        negs.append(sim(p[b, m], t[b2, m2]))
+                for keys in ((t, own) if same_view else (t,)):
+                    for b2 in range(b_n):
+                        for m2 in range(m_n):
+                            if not valid[b2, m2]:
+                                continue
+                            if b2 == b and (m2 == m or (ids is not None and ids[b, m2] == ids[b, m])):
+                                continue
+                            negs.append(sim(p[b, m], keys[b2, m2]))
                 total += -pos + torch.logsumexp(torch.stack([pos, *negs]), 0)
     return total / max(count, 1)
 
@@ -79,13 +82,14 @@ def _inputs(b=3, m=4, d=6, seed=0):
     return p1, t2, p2, t1, valid, ids
 
 
+@pytest.mark.parametrize("negatives", ["cross_and_same_view", "cross_view"])
 @pytest.mark.parametrize("use_ids", [False, True])
 @pytest.mark.parametrize("alpha", [0.1, 0.7])
-def test_contrastive_matches_loop_reference(use_ids, alpha):
+def test_contrastive_matches_loop_reference(use_ids, alpha, negatives):
     p1, t2, p2, t1, valid, ids = _inputs()
     ids = ids if use_ids else None
-    got = contrastive_loss(p1, t2, p2, t1, valid, temperature=alpha, ids=ids)
-    want = reference_contrastive(p1, t2, p2, t1, valid, ids, alpha)
+    got = contrastive_loss(p1, t2, p2, t1, valid, temperature=alpha, ids=ids, negatives=negatives)
+    want = reference_contrastive(p1, t2, p2, t1, valid, ids, alpha, same_view=negatives == "cross_and_same_view")
     assert torch.isclose(got.double(), torch.as_tensor(want), rtol=1e-5, atol=1e-5)
 
 
@@ -98,11 +102,15 @@ def test_contrastive_duplicates_change_the_loss():
 
 
 def test_contrastive_hand_case():
-    """Two orthogonal masks, perfect positives: each term is log(1 + exp(−1/α)); 2 directions per anchor."""
+    """Two orthogonal masks, perfect positives (cos 1 → logit 1/α = 2, orthogonal → 0): cross-view
+    negatives give each term log(1 + exp(−2)); DetCon's same-view negatives add the other mask of the
+    anchor's own view once more: log(1 + 2·exp(−2)). 2 directions per anchor."""
     e = torch.eye(2).reshape(1, 2, 2)
     valid = torch.ones(1, 2, dtype=torch.bool)
-    got = contrastive_loss(e, e, e, e, valid, temperature=0.5)
-    assert torch.isclose(got, torch.tensor(2.0 * math.log1p(math.exp(-2.0))), rtol=1e-5)
+    cross = contrastive_loss(e, e, e, e, valid, temperature=0.5, negatives="cross_view")
+    assert torch.isclose(cross, torch.tensor(2.0 * math.log1p(math.exp(-2.0))), rtol=1e-5)
+    both = contrastive_loss(e, e, e, e, valid, temperature=0.5)
+    assert torch.isclose(both, torch.tensor(2.0 * math.log1p(2.0 * math.exp(-2.0))), rtol=1e-5)
 
 
 def test_contrastive_invalid_entries_are_ignored():
@@ -153,6 +161,18 @@ def test_contrastive_matches_cross_entropy_oracle_without_masking():
         return F.cross_entropy(logits, torch.arange(logits.shape[0]))
 
     want = ce(p1, t2) + ce(p2, t1)
+    got = contrastive_loss(p1, t2, p2, t1, valid, temperature=alpha, negatives="cross_view")
+    assert torch.isclose(got, want, atol=1e-5)
+
+    def ce_same_view(p, t_other, t_own):
+        """DetCon's logits [ab, aa]: the own view's own mask is removed (−inf), never a positive."""
+        q = F.normalize(p.flatten(0, 1), dim=-1)
+        ab = q @ F.normalize(t_other.flatten(0, 1), dim=-1).t() / alpha
+        aa = q @ F.normalize(t_own.flatten(0, 1), dim=-1).t() / alpha
+        aa = aa.masked_fill(torch.eye(aa.shape[0], dtype=torch.bool), float("-inf"))
+        return F.cross_entropy(torch.cat([ab, aa], 1), torch.arange(ab.shape[0]))
+
+    want = ce_same_view(p1, t2, t1) + ce_same_view(p2, t1, t2)
     assert torch.isclose(contrastive_loss(p1, t2, p2, t1, valid, temperature=alpha), want, atol=1e-5)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from discorep import hostsync
+
 
 class SegmentCache:
     def __init__(self) -> None:
@@ -24,7 +26,8 @@ class SegmentCache:
         return [i for i, idx in enumerate(indices) if idx not in self.labels]
 
     def store(self, indices: list[int], labels: Tensor) -> None:
-        if labels.max() > torch.iinfo(torch.int16).max:
+        # Checked where the read-back is free (CPU); on GPUs the ids are < method.K <= 32767 by config.
+        if hostsync.reads_are_free(labels) and labels.numel() and labels.max() > torch.iinfo(torch.int16).max:
             raise ValueError("segment ids exceed int16; the cache cannot hold them")
         for idx, lab in zip(indices, labels.to("cpu", torch.int16)):
             self.labels[idx] = lab.clone()

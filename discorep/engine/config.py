@@ -8,12 +8,11 @@ wrong type is an error naming the dotted key. Defaults are the papers' values at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from discorep.data.views import ViewConfig
 from discorep.engine.configio import ConfigError
-
-STRIDES = {"c4": 16, "c5": 32, "fpn": 4}
+from discorep.models.backbones import feature_strides
 
 
 @dataclass
@@ -25,7 +24,9 @@ class DataConfig:
     num_workers: int = 2
     max_bad_fraction: float = 0.01  # a run fails if more of the data set than this is unreadable
     prior: Literal["none", "slic", "felzenszwalb", "grid"] = "none"
-    prior_params: dict[str, float] = field(default_factory=dict)
+    # Ints stay ints and null stays null (e.g. SLIC's `resize: null` = full resolution, as written by
+    # `discorep shard --prior-resize none`); each prior checks its own parameters at config load.
+    prior_params: dict[str, Optional[Union[int, float]]] = field(default_factory=dict)
     prior_cache: str = ".cache/priors"
     prior_size: int = 224  # label maps are resized (nearest) to prior_size² so batches stack
 
@@ -45,6 +46,15 @@ class DataConfig:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
+        if self.prior != "none":
+            from discorep.data.priors import PriorError, resolve_params
+
+            try:
+                resolve_params(self.prior, self.prior_params)
+            except PriorError as err:
+                raise ConfigError(f"data.prior_params: {err}") from None
+        elif self.prior_params:
+            raise ConfigError(f"data.prior_params {sorted(self.prior_params)} given but data.prior is 'none'")
 
 
 @dataclass
@@ -67,6 +77,9 @@ class MethodConfig:
     loss: Literal["byol", "contrastive"] = "byol"
     temperature: float = 0.1  # contrastive α (Odin A.3, DetCon)
     features: Literal["c4", "c5", "fpn"] = "c5"  # map pooled for the loss
+    # Contrastive negatives: DetCon's reference loss takes them from both views' targets (logits
+    # [ab, aa]); "cross_view" only from the other view's (Odin eq. 3 as printed). docs/methods.md.
+    negatives: Literal["cross_and_same_view", "cross_view"] = "cross_and_same_view"
     num_masks: int = 16  # masks sampled per image (DetCon)
     hard_masks: bool = False  # pool with argmax masks instead of area-weighted ones
     # -- k-means mask sources (Odin, R2O) --
@@ -100,6 +113,8 @@ class MethodConfig:
             raise ConfigError(f"method.lambda_tau must be in [0, 1], got {self.lambda_tau}")
         if self.discrete_every_epochs < 1:
             raise ConfigError("method.discrete_every_epochs must be >= 1")
+        if self.K > 32767:  # Odin's segment cache stores int16 label maps
+            raise ConfigError(f"method.K must be <= 32767, got {self.K}")
 
 
 @dataclass
@@ -140,6 +155,10 @@ class TrainConfig:
             raise ConfigError("train.epochs must be > 0")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1 or null")
+        if self.picture_images < 0:
+            raise ConfigError("train.picture_images must be >= 0 (0 turns mask pictures off)")
+        if self.picture_every_epochs < 1:
+            raise ConfigError("train.picture_every_epochs must be >= 1 (train.picture_images=0 turns pictures off)")
 
 
 @dataclass
@@ -188,11 +207,12 @@ class Config:
                           ("views.raw_size", self.views.raw_size)):
             if size % 32 != 0:
                 raise ConfigError(f"{key}={size} must be divisible by 32 (the C5 stride) so feature grids align")
-        grid = self.views.size // STRIDES[m.features]
+        strides = feature_strides(self.model.arch)
+        grid = self.views.size // strides[m.features]
         if m.name in ("detcon", "odin", "r2o") and grid * grid < 1:
             raise ConfigError("views.size too small for the feature grid")
         if m.name == "odin":
-            n_points = (self.views.spanning_size // STRIDES[m.discovery_features]) ** 2
+            n_points = (self.views.spanning_size // strides[m.discovery_features]) ** 2
             if m.K > n_points:
                 raise ConfigError(f"method.K={m.K} exceeds the {n_points} feature-grid points of the spanning view")
         if m.name == "r2o":

@@ -177,11 +177,12 @@ def build_optimizer(
                              eps=kw.get("eps", 1e-8))
 
 
-def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: Optional[float]) -> Optional[float]:
-    """Clip the global L2 gradient norm to ``max_norm``; returns the norm before clipping.
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: Optional[float]) -> Optional[torch.Tensor]:
+    """Clip the global L2 gradient norm to ``max_norm``; returns the norm before clipping as a tensor.
 
-    ``max_norm=None`` disables clipping and returns None (no extra reduction). A non-finite norm is
-    returned as is (the engine's non-finite policy decides what to do), never raised.
+    A tensor, not a float: reading it back would be a host-device sync every step on GPUs
+    (discorep/hostsync.py). ``max_norm=None`` disables clipping and returns None (no extra reduction).
+    A non-finite norm is returned as is (the engine's non-finite policy decides), never raised.
     """
     if max_norm is None:
         return None
@@ -189,5 +190,5 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: Optional[float]) ->
         raise ValueError(f"clip_grad_norm: max_norm must be > 0 or None, got {max_norm}")
     grads = [p for p in params if p.grad is not None]
     if not grads:
-        return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm, error_if_nonfinite=False))
+        return torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(grads, max_norm, error_if_nonfinite=False)

@@ -7,26 +7,12 @@ watches the representation and the masks improve without labels ever reaching th
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-
 import torch
-from torch import nn
 
 from discorep.engine.config import Config
+from discorep.models.modes import eval_mode
 
 log = logging.getLogger("discorep")
-
-
-@contextmanager
-def _eval_mode(*modules: nn.Module):
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, state in zip(modules, states):
-            m.train(state)
 
 
 class PeriodicEval:
@@ -51,7 +37,7 @@ class PeriodicEval:
         online = method.online
         model = EvalModel(online.encoder, online.projector, self.cfg.model.arch, "online", {})
         metrics: dict[str, float] = {}
-        with _eval_mode(online):
+        with eval_mode(online):
             if e.knn_train is not None:
                 from discorep.eval.knn import evaluate_knn
 

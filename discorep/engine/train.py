@@ -6,7 +6,7 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoi
                                         prune_checkpoints, save_checkpoint, set_rng_state)
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
-from discorep.engine.distributed import DistInfo, init_distributed, shutdown
+from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
 from discorep.engine.logger import RunLogger
 from discorep.engine.optim import clip_grad_norm
 from discorep.engine.periodic_eval import PeriodicEval
 from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
+from discorep.models.modes import eval_mode
 from discorep.viz import denormalize, grid_picture
 
 log = logging.getLogger("discorep")
@@ -168,13 +169,29 @@ class Trainer:
         loss_value, bad, stop = torch.cat([value.reshape(1), t]).tolist()
         return loss_value, bad > 0, stop > 0
 
+    def buffer_snapshot(self) -> list[torch.Tensor] | None:
+        """Copies of every buffer (BN running statistics, counters) when non-finite steps are skipped:
+        the forward runs in train mode and writes its batch statistics into them *before* the loss can
+        be checked, and an inf there would reach the target/discovery nets through the EMA."""
+        if self.cfg.train.nonfinite != "skip":
+            return None
+        return [b.detach().clone() for b in self.method.buffers()]
+
+    def restore_buffers(self, snapshot: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for buf, saved in zip(self.method.buffers(), snapshot):
+                buf.copy_(saved)
+
     def train_step(self, batch: dict) -> tuple[float, dict, float]:
         info = self.info()
         lr = self.set_lr(info)
+        snapshot = self.buffer_snapshot()
         with self.autocast():
             loss, logs = self.model(batch, info)
         loss_value, bad, self.stop_requested = self.flags(loss)
         if bad:
+            if snapshot is not None:
+                self.restore_buffers(snapshot)
             return self.handle_nonfinite(loss_value), logs, lr
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -234,11 +251,24 @@ class Trainer:
                 f"{len(self.skipped)} of {len(self.dataset)} images are unreadable (more than "
                 f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}); see {self.run_dir / 'skipped.txt'}")
 
+    @contextmanager
+    def looking(self):
+        """Pictures and probes look at the networks without touching training state: eval mode (BN
+        statistics stay put and SyncBN issues no collective, so one process may look alone), no
+        gradients, and every RNG restored, so a run that looks is bit-identical to one that does not."""
+        rng = get_rng_state()
+        try:
+            with eval_mode(self.method), torch.no_grad():
+                yield
+        finally:
+            set_rng_state(rng)
+
     def pictures(self, tag: str) -> None:
         if not self.dist.is_main or self.cfg.train.picture_images < 1:
             return
         batch = builders.to_device(self.pic_batch, self.dist.device)
-        labels, _ = self.method.discover(batch, self.info())
+        with self.looking():
+            labels, _ = self.method.discover(batch, self.info())
         images = [denormalize(x) for x in batch["raw"]]
         picture = grid_picture(images, [lab.cpu().numpy() for lab in labels])
         out = self.run_dir / "masks" / f"{tag}.png"
@@ -251,9 +281,11 @@ class Trainer:
         if not self.periodic_eval.due(epoch, last=self.step == self.end_step):
             return
         if self.dist.is_main:
-            self.logger.scalars(self.step, {"epoch": epoch, **self.periodic_eval(self.method)})
-        if self.dist.world_size > 1:
-            dist.barrier()
+            with self.looking():
+                metrics = self.periodic_eval(self.method)
+            self.logger.scalars(self.step, {"epoch": epoch, **metrics})
+        # A probe on a large labelled set may outlast the training timeout that detects dead peers.
+        long_barrier()
 
     def log_step(self, loss: float, logs: dict, lr: float, images_per_s: float) -> None:
         values = {"loss": loss, "lr": lr, "epoch": self.step / self.steps_per_epoch, "img_per_s": images_per_s}

@@ -23,6 +23,7 @@ from discorep.data.datasets import ImageFolder
 from discorep.data.images import BadImageError, DatasetError
 from discorep.eval.backbone import EvalModel, dense_features, normalize_images
 from discorep.eval.segment import prepare
+from discorep.models.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,8 @@ def extract_global_features(model: EvalModel, folder: ImageFolder, size: int, fe
         raise ValueError(f"size and batch_size must be positive, got {size} and {batch_size}")
     loader = DataLoader(_ResizedImages(folder, size), batch_size=batch_size, shuffle=False,
                         num_workers=min(num_workers, os.cpu_count() or 1), collate_fn=_collate)
-    was_training = model.encoder.training
-    model.encoder.eval()
-    try:
+    with eval_mode(model.encoder):
         feats, indices, skipped = _encode_all(model, loader, features, device, progress)
-    finally:
-        model.encoder.train(was_training)
     if not feats:
         raise DatasetError(f"none of the {len(folder)} images under {str(folder.root)!r} could be read "
                            f"(first: {skipped[0][0]}: {skipped[0][1]}); check the files")

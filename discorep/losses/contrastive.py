@@ -8,6 +8,11 @@ Negatives n: every other valid target mask of the same image and every valid mas
 (of all processes when distributed). Same-image entries with the anchor's mask id (duplicates from
 sampling with replacement) are never negatives.
 
+`negatives="cross_and_same_view"` (DetCon's reference loss, logits `[ab, aa]`) also takes the
+negatives from the anchor's own view: for an anchor of view 1 the keys are the target masks of view 2
+*and* of view 1 (targets of the same image and mask id excluded, as above). `"cross_view"` (Odin's
+eq. 3 as printed) uses view 2's keys only.
+
 Distributed normalisation: each rank returns (Σ local anchor terms) · world / (global #valid anchors),
 so the gradient DDP averages over ranks equals the single-process gradient on the concatenated batch.
 """
@@ -20,6 +25,8 @@ from torch import Tensor
 
 from discorep.losses.distributed import gather_with_sizes, world_info
 from discorep.precision import full_precision
+
+NEGATIVES = ("cross_and_same_view", "cross_view")
 
 
 def _check_inputs(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Tensor, valid: Tensor,
@@ -56,27 +63,34 @@ def _negative_mask(key_valid: Tensor, valid_shape: tuple[int, int], offset: int,
     return neg
 
 
-def _direction(pred: Tensor, target_local: Tensor, keys: Tensor, neg: Tensor, temperature: float) -> Tensor:
-    """ℓ^{1→2} for every local anchor, shape (B, M) (eq. 3); keys are the gathered targets (G·M, D)."""
+def _direction(pred: Tensor, target_local: Tensor, keys: list[Tensor], neg: Tensor, temperature: float) -> Tensor:
+    """ℓ^{1→2} for every local anchor, shape (B, M) (eq. 3); `keys` are gathered targets (G·M, D) of the
+    other view (and, for DetCon's same-view negatives, of the anchor's own view), all masked by `neg`."""
     q = F.normalize(pred.float(), dim=-1)
     pos = (q * F.normalize(target_local.detach().float(), dim=-1)).sum(-1) / temperature  # eq. 2, (B, M)
-    logits = q.flatten(0, 1) @ F.normalize(keys.detach().float(), dim=-1).t() / temperature
-    logits = logits.masked_fill(~neg, float("-inf"))
-    all_logits = torch.cat([pos.reshape(-1, 1), logits], dim=1)
+    parts = [pos.reshape(-1, 1)]
+    for k in keys:
+        logits = q.flatten(0, 1) @ F.normalize(k.detach().float(), dim=-1).t() / temperature
+        parts.append(logits.masked_fill(~neg, float("-inf")))
+    all_logits = torch.cat(parts, dim=1)
     return (torch.logsumexp(all_logits, dim=1) - pos.reshape(-1)).reshape(pos.shape)
 
 
 @full_precision  # logits in fp32 under bf16/fp16 autocast (issue 12)
 def contrastive_loss(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Tensor, valid: Tensor, *,
-                     temperature: float = 0.1, ids: Tensor | None = None, gather: bool = True) -> Tensor:
+                     temperature: float = 0.1, ids: Tensor | None = None, gather: bool = True,
+                     negatives: str = "cross_and_same_view") -> Tensor:
     """Symmetrised object contrastive loss (Odin eq. 4) on (B, M, D) predictions / targets.
 
     `valid` (B, M) bool marks masks present in both views; `ids` (B, M) are the sampled mask ids.
+    `negatives`: "cross_and_same_view" (DetCon's reference) or "cross_view" (module docstring).
     Targets are treated as stop-gradient. With gather=False (or without torch.distributed) negatives
     come from this process only and the loss is the local mean over valid anchors.
     Returns a float32 scalar; 0 (with a graph) when no anchor is valid.
     """
     _check_inputs(pred1, target2, pred2, target1, valid, ids, temperature)
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     valid = valid.bool()
     b, m, d = pred1.shape
     rank, world = world_info() if gather else (0, 1)
@@ -87,8 +101,9 @@ def contrastive_loss(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Ten
     keys1, keys2 = gathered[..., :d].flatten(0, 1), gathered[..., d:2 * d].flatten(0, 1)
     key_valid = gathered[..., 2 * d] > 0.5
     neg = _negative_mask(key_valid, (b, m), offset, ids)
-    l12 = _direction(pred1, target2, keys2, neg, temperature)
-    l21 = _direction(pred2, target1, keys1, neg, temperature)
+    same_view = negatives == "cross_and_same_view"
+    l12 = _direction(pred1, target2, [keys2, keys1] if same_view else [keys2], neg, temperature)
+    l21 = _direction(pred2, target1, [keys1, keys2] if same_view else [keys1], neg, temperature)
     per_anchor = torch.where(valid, l12 + l21, torch.zeros_like(l12))
     n_valid = key_valid.sum().to(per_anchor.dtype).clamp_min(1.0)
     return per_anchor.sum() * world / n_valid

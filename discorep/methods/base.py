@@ -16,12 +16,14 @@ from torch.profiler import record_function
 from discorep.discovery.align import AlignedMasks, align_masks_views, hard_masks
 from discorep.discovery.pooling import mask_pool, sample_mask_ids
 from discorep.discovery.random import image_seeds
+from discorep.discovery.sources import feature_kmeans_labels
 from discorep.engine.config import Config
-from discorep.losses.byol import byol_loss
+from discorep.losses.byol import object_byol_loss
 from discorep.losses.contrastive import contrastive_loss
 from discorep.models.backbones import Encoder
 from discorep.models.ema import ema_update_, make_ema_copy
 from discorep.models.heads import MLP
+from discorep.methods.discovery_net import dense_features
 
 
 @dataclass
@@ -37,6 +39,10 @@ class StepInfo:
         """One seed for a whole-batch draw (R2O's pooled k-means)."""
         return (self.seed * 1_000_003 + self.step * 7919 + salt + 17) % (2**31 - 1)
 
+    def cache_seed(self, version: int) -> int:
+        """One seed per (train.seed, cached-segment version), independent of the step (Odin's cache)."""
+        return (self.seed * 1_000_003 + version * 7919 + 29) % (2**31 - 1)
+
     def image_seeds(self, index: Tensor, salt: int = 0) -> Tensor:
         """(B,) per-image seeds from (seed, step, dataset index): batch-split independent draws."""
         return image_seeds(self.kmeans_seed(salt), index, salt)
@@ -49,8 +55,9 @@ class Branch(nn.Module):
         super().__init__()
         m = cfg.model
         self.encoder = Encoder(m.arch, fpn=m.fpn, fpn_dim=m.fpn_dim, norm=m.norm)
-        self.projector = MLP(self.encoder.channels[feature], m.proj_hidden, m.proj_dim,
-                             norm="none" if m.norm == "gn" else "bn")
+        # The heads normalise like the backbone: SyncBN makes BYOL's cross-replica BN in the projector
+        # and predictor (a per-device BN there would break 2×b = 1×2b); GN stays per-sample.
+        self.projector = MLP(self.encoder.channels[feature], m.proj_hidden, m.proj_dim, norm=m.norm)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.encoder(x)
@@ -65,7 +72,7 @@ class PretrainMethod(nn.Module):
         self.feature = cfg.method.features
         self.online = Branch(cfg, self.feature)
         m = cfg.model
-        self.predictor = MLP(m.proj_dim, m.pred_hidden, m.proj_dim, norm="none" if m.norm == "gn" else "bn")
+        self.predictor = MLP(m.proj_dim, m.pred_hidden, m.proj_dim, norm=m.norm)
         self.target = make_ema_copy(self.online)
 
     # ----- hooks the engine calls -----
@@ -87,12 +94,12 @@ class PretrainMethod(nn.Module):
 
     @torch.no_grad()
     def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
-        """Label maps for pictures: (labels (B, h, w), frame boxes (B, 4)) of the current masks."""
-        raw = batch["raw"]
-        feats = self.target.encoder(raw)[self.feature]
-        from discorep.discovery.sources import feature_kmeans_labels
+        """Label maps for pictures: (labels (B, h, w), frame boxes (B, 4)) of the current masks.
 
-        return feature_kmeans_labels(feats.float(), 8, seed=0), batch["raw_box"]
+        A look, not a step: networks in eval mode (no BN statistics move, no SyncBN collective), so
+        the engine may call it on one process only."""
+        feats = dense_features(self.target, batch["raw"], self.feature)
+        return feature_kmeans_labels(feats, 8, seed=0), batch["raw_box"]
 
     def extra_state_dict(self) -> dict:
         return {}
@@ -152,10 +159,10 @@ class PretrainMethod(nn.Module):
 
     @record_function("discorep/loss")
     def pair_loss(self, q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor, ids: Tensor) -> Tensor:
-        """BYOL (symmetrised 2−2cos, weighted by validity) or contrastive (Odin eq. 2–4) on (B, S, D)."""
+        """BYOL (symmetrised 2−2cos over valid masks) or contrastive (Odin eq. 2–4) on (B, S, D); both
+        normalised by the global number of valid masks, so N processes × b = 1 process × N·b."""
         cfg = self.cfg.method
         if cfg.loss == "contrastive":
-            return contrastive_loss(q1, z2, q2, z1, valid, temperature=cfg.temperature, ids=ids)
-        w = valid.flatten().to(q1.dtype)
-        return (byol_loss(q1.flatten(0, 1), z2.flatten(0, 1), w)
-                + byol_loss(q2.flatten(0, 1), z1.flatten(0, 1), w))
+            return contrastive_loss(q1, z2, q2, z1, valid, temperature=cfg.temperature, ids=ids,
+                                    negatives=cfg.negatives)
+        return object_byol_loss(q1, z2, q2, z1, valid)

@@ -13,22 +13,19 @@ from torch.profiler import record_function
 
 from discorep.engine.config import MethodConfig
 from discorep.models.ema import copy_params_, ema_update_, make_ema_copy
+from discorep.models.modes import eval_mode
 
 
 @torch.no_grad()
 @record_function("discorep/discovery_forward")
 def dense_features(branch: nn.Module, x: Tensor, feature: str, project: bool = False) -> Tensor:
     """(B, D, h, w) features of `branch` (encoder [+ projector per vector]) with BN in eval mode."""
-    was_training = branch.training
-    branch.eval()
-    try:
+    with eval_mode(branch):
         h = branch.encoder(x, up_to=feature)[feature]
         if project:
             B, C, gh, gw = h.shape
             z = branch.projector(h.flatten(2).transpose(1, 2))  # g applied to each vector (Odin §3.1)
             h = z.transpose(1, 2).reshape(B, -1, gh, gw)
-    finally:
-        branch.train(was_training)
     return h.float()
 
 

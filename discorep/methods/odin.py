@@ -38,7 +38,9 @@ class Odin(PretrainMethod):
         indices = batch.get("index_host", batch["index"]).tolist()  # host copy: no device read-back
         todo = self.cache.missing(indices)
         if todo:
-            seeds = image_seeds(self.cache.version, batch["index"][todo])
+            # Seeded by (train.seed, discovery copy, image): another train.seed gives other segments,
+            # a resumed run the same ones.
+            seeds = image_seeds(info.cache_seed(self.cache.version), batch["index"][todo])
             labels = self.segment(batch["raw"][todo], seed=seeds)
             self.cache.store([indices[i] for i in todo], labels)
         return self.cache.lookup(indices, batch["raw"].device), batch["raw_box"]

@@ -32,6 +32,12 @@ _SWIN_CHANNELS = {"c2": 96, "c3": 192, "c4": 384, "c5": 768}
 _PYRAMID_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 
 
+def feature_strides(arch: str) -> dict[str, int]:
+    """Stride of each output key for `arch` (what config validation needs before any model is built).
+    ViT-S is single-scale: its c4 and c5 are the same stride-16 map."""
+    return {"c4": 16, "c5": 16 if arch == "vit_s" else 32, "fpn": 4}
+
+
 # ----------------------------------------------------------------------------- normalisation
 def _num_groups(channels: int, max_groups: int = 32) -> int:
     """Largest divisor of `channels` that is <= max_groups (GroupNorm needs groups | channels)."""
@@ -125,7 +131,7 @@ class Encoder(nn.Module):
         self.backbone = convert_norm(self.backbone, norm)
         pyramid = self._pyramid_channels()
         self.channels: dict[str, int] = {"c4": pyramid["c4"], "c5": pyramid["c5"]}
-        self.strides: dict[str, int] = {"c4": 16, "c5": 16 if arch == "vit_s" else 32}
+        self.strides: dict[str, int] = {k: v for k, v in feature_strides(arch).items() if k != "fpn"}
         self.fpn: FeaturePyramidNetwork | None = None
         if fpn:
             self.fpn = FeaturePyramidNetwork([pyramid[k] for k in ("c2", "c3", "c4", "c5")], fpn_dim)

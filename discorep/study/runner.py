@@ -14,7 +14,8 @@ from pathlib import Path
 
 from discorep.checkpoint import latest_checkpoint
 from discorep.data.datasets import CocoDataset
-from discorep.engine.config import STRIDES, Config
+from discorep.engine.config import Config
+from discorep.models.backbones import feature_strides
 from discorep.engine.configio import load_config
 from discorep.engine.train import pretrain
 from discorep.eval.backbone import load_model
@@ -136,7 +137,7 @@ def run_baselines(spec: StudySpec, data: dict[str, Path]) -> dict[str, list[dict
             write_json(target, payload)
         slic = json.loads(target.read_text())
         if "grid_oracle" not in slic:
-            cells = spec.eval.size // STRIDES[spec.eval.features]
+            cells = spec.eval.size // feature_strides(spec.arch)[spec.eval.features]
             slic["grid_oracle"] = {"cells": cells, "objects": grid_oracle_objects(coco_val(data), cells)}
             if "photos" in spec.eval.tasks:
                 slic["grid_oracle"]["photos"] = grid_oracle_objects(
