@@ -151,3 +151,21 @@ def test_memory_benchmark_reports_peaks(tmp_path):
                  "--methods", "byol", "--threads", "1"])["rows"]["byol"]
     assert _positive_finite(step["rss_before_step_mb"], step["peak_rss_mb"], step["params_mb"], step["step_s"])
     assert step["peak_rss_mb"] >= step["rss_before_step_mb"]
+
+
+def test_accelerator_check_tiny_runs_every_path_and_passes(tmp_path):
+    """The CPU rehearsal of benchmarks/accelerator_check.py: the same code paths the GPU check runs."""
+    from benchmarks.accelerator_check import METHODS, main
+
+    out = tmp_path / "check.json"
+    results = main(["--tiny", "--out", str(out)])
+    assert results["ok"] and json.loads(out.read_text())["ok"]
+    assert list(results["methods"]) == list(METHODS)
+    for name, r in results["methods"].items():
+        assert r["fp32"] > 0, f"{name}: a zero loss means no mask was present in both views"
+        assert abs(r["bf16"] - r["fp32"]) <= 0.05 * r["fp32"] + 0.05
+    assert results["methods"]["byol"]["ratio_to_byol"] == 1.0
+    # At step 1 the hybrid's discovery network and R2O's target are both exact copies of the online
+    # network, so their region embeddings, masks and losses coincide.
+    assert results["methods"]["hybrid"]["fp32"] == results["methods"]["r2o"]["fp32"]
+    assert results["kmeans_labels_equal"] == {"odin": True, "r2o": True}
