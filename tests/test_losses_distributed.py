@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from discorep.losses.byol import object_byol_loss
 from discorep.losses.contrastive import contrastive_loss
 from discorep.losses.distributed import all_gather_with_grad, all_reduce_sum, world_info
 
@@ -29,12 +30,17 @@ def _batch():
     return f1, f2, proj, t1, t2, valid, ids, coef, x
 
 
-def _loss_and_grad(sl: slice, gather: bool = True):
-    """Loss on the images in `sl` with predictions f @ P; returns (loss, dL/dP)."""
+def _loss_and_grad(sl: slice, gather: bool = True, kind: str = "contrastive"):
+    """Loss on the images in `sl` with predictions f @ P; returns (loss, dL/dP).
+
+    kind: "contrastive" (Odin eq. 2–4) or "byol" (the object-level BYOL loss of R2O)."""
     f1, f2, proj, t1, t2, valid, ids, _, _ = _batch()
     proj = proj.clone().requires_grad_(True)
-    loss = contrastive_loss(f1[sl] @ proj, t2[sl], f2[sl] @ proj, t1[sl], valid[sl],
-                            temperature=0.2, ids=ids[sl], gather=gather)
+    if kind == "byol":
+        loss = object_byol_loss(f1[sl] @ proj, t2[sl], f2[sl] @ proj, t1[sl], valid[sl], gather=gather)
+    else:
+        loss = contrastive_loss(f1[sl] @ proj, t2[sl], f2[sl] @ proj, t1[sl], valid[sl],
+                                temperature=0.2, ids=ids[sl], gather=gather)
     loss.backward()
     return loss.detach(), proj.grad
 
@@ -46,12 +52,13 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
         start = sum(SPLIT[:rank])
         sl = slice(start, start + SPLIT[rank])
         loss, grad = _loss_and_grad(sl)
+        byol, byol_grad = _loss_and_grad(sl, kind="byol")
         *_, coef, x = _batch()
         xr = x[sl].clone().requires_grad_(True)
         y = all_gather_with_grad(xr)
         (y * coef[rank]).sum().backward()
         total = all_reduce_sum(torch.tensor([rank + 1.0]))
-        torch.save({"loss": loss, "grad": grad, "gathered": y.detach(), "xgrad": xr.grad,
+        torch.save({"loss": loss, "grad": grad, "byol": byol, "byol_grad": byol_grad, "gathered": y.detach(), "xgrad": xr.grad,
                     "world": tuple(world_info()), "sum": total}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -95,3 +102,15 @@ def test_all_gather_with_grad(results):
         start = sum(SPLIT[:rank])
         # d(Σ_r Σ y·c_r)/dx_rank = Σ_r c_r[rank slice]
         assert torch.allclose(r["xgrad"], coef.sum(0)[start:start + SPLIT[rank]], atol=1e-6)
+
+
+def test_object_byol_loss_is_normalised_globally(results):
+    """Like the contrastive loss: mean over ranks = single-process loss; DDP's gradient = single gradient.
+    A per-rank weighted mean (the old normalisation) gives another loss when valid counts differ."""
+    single, single_grad = _loss_and_grad(slice(0, B), kind="byol")
+    assert torch.isclose(torch.stack([r["byol"] for r in results]).mean(), single, rtol=1e-5, atol=1e-6)
+    ddp = torch.stack([r["byol_grad"] for r in results]).mean(0)
+    assert torch.allclose(ddp, single_grad, rtol=1e-4, atol=1e-6)
+    per_rank = torch.stack([_loss_and_grad(slice(0, 2), gather=False, kind="byol")[0],
+                            _loss_and_grad(slice(2, B), gather=False, kind="byol")[0]]).mean()
+    assert not torch.isclose(per_rank, single, rtol=1e-3)

@@ -114,7 +114,7 @@ class MethodConfig:
         if self.discrete_every_epochs < 1:
             raise ConfigError("method.discrete_every_epochs must be >= 1")
         if self.K > 32767:  # Odin's segment cache stores int16 label maps
-            raise ConfigError(f"method.K must be <= 32767, got {self.K}")
+            raise ConfigError(f"method.K={self.K} exceeds 32767 (Odin's segment cache stores int16 ids)")
 
 
 @dataclass
