@@ -97,8 +97,23 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
     run_discover(checkpoint=args.checkpoint, images=args.images, out=args.out, ks=args.k, size=args.size,
                  features=args.features, overlay_k=args.overlay_k, device=args.device,
-                 batch_size=args.batch_size, seed=args.seed)
+                 batch_size=args.batch_size, seed=args.seed, refine=args.refine, superpixels=args.superpixels,
+                 compactness=args.compactness, padding=args.padding)
     return 0
+
+
+def _add_refine_args(p: argparse.ArgumentParser, refine: str, padding: str | None) -> None:
+    """--refine and its superpixel options (eval/refine.py); --padding where k-means segments (eval/segment.py)."""
+    p.add_argument("--refine", choices=("none", "slic", "felzenszwalb"), default=refine,
+                   help=f"cluster superpixel regions instead of feature cells, so masks follow image edges "
+                        f"(default {refine})")
+    p.add_argument("--superpixels", type=int, default=256, help="SLIC segment count; Felzenszwalb min_size = "
+                   "size^2/(4*N) (default 256)")
+    p.add_argument("--compactness", type=float, default=10.0, help="SLIC compactness (default 10)")
+    if padding is not None:
+        p.add_argument("--padding", choices=("zeros", "replicate"), default=padding,
+                       help=f"how the encoder's convolutions pad; replicate removes the frame of segments along "
+                            f"the border (default {padding})")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -139,6 +154,7 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--k", default="1,2,4,8,16,32,64,128", help="K values (proposals = their sum)")
     t.add_argument("--filter-small", action="store_true",
                    help="drop masks < 100 px at 224 and keep at most 16 per image (Odin Table A.1)")
+    _add_refine_args(t, "none", "zeros")
 
     t = tasks.add_parser("foreground", help="CUB protocol: K=5, Hungarian foreground matching, mean IoU")
     _add_model_args(t)
@@ -148,6 +164,7 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--k", type=int, default=5)
     t.add_argument("--oracle", action="store_true",
                    help="ALSO report the upper bound that picks the best cluster by ground truth")
+    _add_refine_args(t, "none", "zeros")
 
     t = tasks.add_parser("video", help="DAVIS label propagation: J, F, J&F (Odin §4.3, DINO protocol)")
     _add_model_args(t, size=480, features="c5")
@@ -156,6 +173,7 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--context", type=int, default=7, help="previous frames used as context")
     t.add_argument("--radius", type=int, default=12, help="spatial neighbourhood radius (feature cells)")
     t.add_argument("--temperature", type=float, default=0.7)
+    _add_refine_args(t, "none", None)
 
     for name, helptext in (("knn", "weighted k-NN classification (k=20, T=0.07, cosine)"),
                            ("linear", "linear probe on frozen global features")):
@@ -224,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    _add_refine_args(p, "slic", "replicate")
     p.set_defaults(func=_cmd_discover)
 
     _add_eval_parsers(sub)

@@ -37,6 +37,7 @@ from discorep.eval.backbone import (
     normalize_images,
 )
 from discorep.eval.davis_metrics import VOID, sequence_scores, summarize
+from discorep.eval.refine import Refine, region_vote
 from discorep.eval.report import print_table, resolve_device, write_json
 
 log = logging.getLogger("discorep")
@@ -200,8 +201,13 @@ def propagate(feats: Tensor, first: Tensor, *, topk: int, context: int, radius: 
     return torch.stack([first.to(feats)] + [prop.step(f) for f in feats[1:]])
 
 
-def to_label_map(probs: Tensor, ids: list[int], height: int, width: int) -> np.ndarray:
-    """(C, h, w) distribution → (H, W) uint8 object ids (0 = background): bilinear upsampling, argmax."""
+def to_label_map(probs: Tensor, ids: list[int], height: int, width: int, *, refine: Refine | None = None,
+                 frame: Path | None = None) -> np.ndarray:
+    """(C, h, w) distribution → (H, W) uint8 object ids (0 = background): bilinear upsampling, argmax;
+    with an active `refine`, the argmax of each superpixel's mean distribution on the `frame` image."""
+    if refine is not None and refine.active:
+        image = np.asarray(load_rgb(frame).resize((width, height), Image.BILINEAR))
+        return torch.tensor([0, *ids], dtype=torch.uint8)[torch.from_numpy(region_vote(probs, image, refine))].numpy()
     up = F.interpolate(probs[None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)[0]
     return torch.tensor([0, *ids], dtype=torch.uint8)[up.argmax(0)].numpy()
 
@@ -209,7 +215,8 @@ def to_label_map(probs: Tensor, ids: list[int], height: int, width: int) -> np.n
 # ----------------------------------------------------------------------------- command
 def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *, size: int, features: str,
                      device: torch.device, batch_size: int, topk: int, context: int, radius: int,
-                     temperature: float, desc: str = "", progress: bool = True) -> np.ndarray:
+                     temperature: float, desc: str = "", progress: bool = True,
+                     refine: Refine | None = None) -> np.ndarray:
     """(T, H, W) uint8 predicted ids for a sequence, given its first annotation `first` (H, W)."""
     ids = [int(i) for i in np.unique(first) if i not in (0, VOID)]  # only objects seen at t=0 can propagate
     height, width = first.shape
@@ -223,7 +230,7 @@ def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *,
             seed = seed_distribution(first, ids, tuple(feats.shape[-2:]))
             prop = Propagator(feats, seed, topk=topk, context=context, radius=radius, temperature=temperature)
             continue
-        pred[t] = to_label_map(prop.step(feats), ids, height, width)
+        pred[t] = to_label_map(prop.step(feats), ids, height, width, refine=refine, frame=frames[t])
     return pred
 
 
@@ -235,7 +242,7 @@ def _check_options(size: int, batch_size: int, topk: int, context: int, radius: 
 
 def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, device: torch.device,
                    batch_size: int = 8, topk: int = 5, context: int = 7, radius: int = 12,
-                   temperature: float = 0.7, progress: bool = True) -> dict:
+                   temperature: float = 0.7, progress: bool = True, refine: Refine | None = None) -> dict:
     """J, F, J&F over every sequence of a DAVIS-layout folder (no printing; `run` reports)."""
     _check_options(size, batch_size, topk, context, radius, temperature)
     davis = Path(davis)
@@ -244,7 +251,7 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
         frames, labels = read_sequence(davis, seq)
         pred = predict_sequence(model, frames, labels[0], size=size, features=features, device=device,
                                 batch_size=batch_size, topk=topk, context=context, radius=radius,
-                                temperature=temperature, desc=seq, progress=progress)
+                                temperature=temperature, desc=seq, progress=progress, refine=refine)
         scores[seq] = sequence_scores(pred, labels)
         if not scores[seq]:
             skipped.append(seq)
@@ -258,20 +265,23 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
 
 
 def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: int, seed: int,
-        out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float) -> dict:
+        out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float,
+        refine: str = "none", superpixels: int = 256, compactness: float = 10.0) -> dict:
     """Propagate the first-frame masks through every sequence; print and return (and write) J, F, J&F.
 
     Nothing here is random: `seed` is accepted like every eval command's and recorded in the JSON.
     """
     _check_options(size, batch_size, topk, context, radius, temperature)
+    refiner = Refine(refine, superpixels, compactness)
     davis, dev = Path(davis), resolve_device(device)
     list_sequences(davis)  # a bad folder fails before the model loads
     model = load_model(checkpoint, dev)
     result = evaluate_video(model, davis, size=size, features=features, device=dev, batch_size=batch_size,
-                            topk=topk, context=context, radius=radius, temperature=temperature)
+                            topk=topk, context=context, radius=radius, temperature=temperature, refine=refiner)
     _report(result, checkpoint, features, size, out,
             {"checkpoint": checkpoint, "davis": davis, "size": size, "features": features, "topk": topk,
-             "context": context, "radius": radius, "temperature": temperature, "seed": seed})
+             "context": context, "radius": radius, "temperature": temperature, "seed": seed,
+             "refine": refiner.settings()})
     return result
 
 
