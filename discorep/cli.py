@@ -125,6 +125,59 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dense_eval(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"discorep.eval.{args.task.replace('-', '_')}")
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task", "verbose")}
+    module.run(**options)
+    return 0
+
+
+def _add_dense_set_args(t: argparse.ArgumentParser, name: str) -> None:
+    """--<name> PATH (VOC-layout folder or COCO json), --<name>-images, --<name>-split."""
+    t.add_argument(f"--{name}", required=True, type=Path,
+                   help="VOC-layout folder (JPEGImages/, SegmentationClass/) or a COCO instances .json")
+    t.add_argument(f"--{name}-images", type=Path, default=None, help="COCO: image folder (default <json dir>/images)")
+    t.add_argument(f"--{name}-split", default=None, help="VOC: ImageSets/Segmentation/<SPLIT>.txt (corloc with Annotations/: ImageSets/Main; default: all)")
+
+
+def _add_dense_eval_parsers(tasks) -> None:
+    """The dense evaluations (docs/evaluation.md): linear-seg, overcluster, retrieval, corloc."""
+    t = tasks.add_parser("linear-seg", help="linear 1x1-conv head on frozen dense features, mIoU (Leopart/NeCo)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "train")
+    _add_dense_set_args(t, "val")
+    t.add_argument("--epochs", type=int, default=25)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--train-label-size", type=int, default=100, help="training targets resized to N x N (NeCo)")
+    t.add_argument("--score-size", type=int, default=None,
+                   help="score at N x N instead of the full label size (NeCo: 100; default: full size)")
+    t.set_defaults(func=_cmd_dense_eval)
+
+    t = tasks.add_parser("overcluster", help="k-means over all val features, Hungarian / many-to-one mIoU (Leopart)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "val")
+    t.add_argument("--k", default="classes,100,300,500", help="cluster counts; 'classes' = number of classes")
+    t.add_argument("--seeds", type=int, default=5, help="k-means seeds (SEED, SEED+1, ...)")
+    t.set_defaults(func=_cmd_dense_eval)
+
+    t = tasks.add_parser("retrieval", help="dense nearest-neighbour retrieval from a train memory bank (Hummingbird)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "train")
+    _add_dense_set_args(t, "val")
+    t.add_argument("--k", type=int, default=30, help="neighbours per val patch")
+    t.add_argument("--temperature", type=float, default=0.02, help="softmax temperature of the vote")
+    t.add_argument("--bank-size", type=int, default=102400, help="memory bank patches (seeded subset beyond)")
+    t.set_defaults(func=_cmd_dense_eval)
+
+    t = tasks.add_parser("corloc", help="single-object localisation: K=2 foreground box, CorLoc (LOST)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "val")
+    _add_refine_args(t, "none", "zeros")
+    t.set_defaults(func=_cmd_dense_eval)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from discorep.export import export_backbone
 
@@ -144,7 +197,7 @@ def _add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str =
 
 
 def _add_eval_parsers(sub) -> None:
-    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear")
+    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear, linear-seg, overcluster, retrieval, corloc")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     t = tasks.add_parser("objects", help="object discovery on a COCO-format set: ABO_i, ABO_c, OR (Odin §3.2)")
@@ -187,6 +240,7 @@ def _add_eval_parsers(sub) -> None:
         else:
             t.add_argument("--epochs", type=int, default=100)
             t.add_argument("--lr", type=float, default=0.1)
+    _add_dense_eval_parsers(tasks)
     p.set_defaults(func=_cmd_eval)
 
 
