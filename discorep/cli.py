@@ -227,6 +227,8 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--radius", type=int, default=12, help="spatial neighbourhood radius (feature cells)")
     t.add_argument("--temperature", type=float, default=0.7)
     _add_refine_args(t, "none", None)
+    t.add_argument("--save-masks", type=Path, default=None,
+                   help="write the predictions as DAVIS palette PNGs: DIR/<sequence>/<frame>.png")
 
     for name, helptext in (("knn", "weighted k-NN classification (k=20, T=0.07, cosine)"),
                            ("linear", "linear probe on frozen global features")):

@@ -28,6 +28,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from discorep.data.demo import davis_palette
 from discorep.data.images import DatasetError, is_image_file, load_rgb
 from discorep.errors import UsageError
 from discorep.eval.backbone import (
@@ -234,6 +235,19 @@ def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *,
     return pred
 
 
+def save_palette_masks(out: Path, frames: list[Path], pred: np.ndarray) -> None:
+    """Write a sequence's label maps as DAVIS palette PNGs, `out/<frame stem>.png` (as DINO's evaluation
+    does), so they can be looked at and scored with the official DAVIS toolkit."""
+    out.mkdir(parents=True, exist_ok=True)
+    palette = davis_palette()
+    for frame, labels in zip(frames, pred):
+        png = Image.fromarray(labels, mode="P")
+        png.putpalette(palette)
+        tmp = out / f".{frame.stem}.png.tmp"
+        png.save(tmp, format="PNG")
+        tmp.replace(out / f"{frame.stem}.png")  # never a truncated PNG after an interruption
+
+
 def _check_options(size: int, batch_size: int, topk: int, context: int, radius: int, temperature: float) -> None:
     if size < 1 or batch_size < 1 or topk < 1 or context < 0 or radius < 0 or not temperature > 0:
         raise UsageError(f"need --size >= 1, --batch-size >= 1, --topk >= 1, --context >= 0, --radius >= 0 and "
@@ -242,8 +256,10 @@ def _check_options(size: int, batch_size: int, topk: int, context: int, radius: 
 
 def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, device: torch.device,
                    batch_size: int = 8, topk: int = 5, context: int = 7, radius: int = 12,
-                   temperature: float = 0.7, progress: bool = True, refine: Refine | None = None) -> dict:
-    """J, F, J&F over every sequence of a DAVIS-layout folder (no printing; `run` reports)."""
+                   temperature: float = 0.7, progress: bool = True, refine: Refine | None = None,
+                   save_masks: Path | None = None) -> dict:
+    """J, F, J&F over every sequence of a DAVIS-layout folder (no printing; `run` reports); with
+    `save_masks`, the predictions as palette PNGs in `save_masks/<sequence>/<frame>.png`."""
     _check_options(size, batch_size, topk, context, radius, temperature)
     davis = Path(davis)
     scores, skipped = {}, []
@@ -253,6 +269,8 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
                                 batch_size=batch_size, topk=topk, context=context, radius=radius,
                                 temperature=temperature, desc=seq, progress=progress, refine=refine)
         scores[seq] = sequence_scores(pred, labels)
+        if save_masks is not None:
+            save_palette_masks(Path(save_masks) / seq, frames, pred)
         if not scores[seq]:
             skipped.append(seq)
             log.warning("sequence %s scores nothing (no object in its first annotation, or < 3 frames: "
@@ -266,7 +284,8 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
 
 def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: int, seed: int,
         out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float,
-        refine: str = "none", superpixels: int = 256, compactness: float = 10.0) -> dict:
+        refine: str = "none", superpixels: int = 256, compactness: float = 10.0,
+        save_masks: Path | None = None) -> dict:
     """Propagate the first-frame masks through every sequence; print and return (and write) J, F, J&F.
 
     Nothing here is random: `seed` is accepted like every eval command's and recorded in the JSON.
@@ -277,11 +296,12 @@ def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: i
     list_sequences(davis)  # a bad folder fails before the model loads
     model = load_model(checkpoint, dev)
     result = evaluate_video(model, davis, size=size, features=features, device=dev, batch_size=batch_size,
-                            topk=topk, context=context, radius=radius, temperature=temperature, refine=refiner)
+                            topk=topk, context=context, radius=radius, temperature=temperature, refine=refiner,
+                            save_masks=save_masks)
     _report(result, checkpoint, features, size, out,
             {"checkpoint": checkpoint, "davis": davis, "size": size, "features": features, "topk": topk,
              "context": context, "radius": radius, "temperature": temperature, "seed": seed,
-             "refine": refiner.settings()})
+             "refine": refiner.settings(), "save_masks": save_masks})
     return result
 
 
