@@ -250,3 +250,26 @@ def test_corloc_by_hand_on_voc_boxes(tmp_path, monkeypatch):
     assert [r["hit"] for r in result["per_image"]] == [True, False, True]
     assert result["corloc"] == pytest.approx(2 / 3)
     assert result["per_image"][1]["best_iou"] == pytest.approx(200 / 600)
+
+
+def test_study_runs_the_dense_tasks_and_shows_their_columns(tmp_path):
+    from pathlib import Path
+
+    from discorep.eval.backbone import load_model
+    from discorep.study.report import table
+    from discorep.study.runner import dense_tasks
+    from discorep.study.spec import load_study
+
+    spec = load_study(Path(__file__).resolve().parents[1] / "configs" / "study_cpu.yaml", quick=True)
+    spec.eval.dense_size, spec.eval.linear_seg_epochs, spec.eval.overcluster_k = 64, 2, "classes,12"
+    data = {"seg_train": make_scenes(tmp_path / "train", 4, seed=0, image_size=(64, 64)),
+            "seg_val": make_scenes(tmp_path / "val", 3, seed=1, image_size=(64, 64))}
+    tasks = ["linear_seg", "overcluster", "retrieval", "corloc"]
+    out = dense_tasks(load_model("random:resnet18"), spec, data, 0, tasks)
+    assert set(out) == set(tasks) and out["overcluster"]["miou"] == out["overcluster"]["miou_k12"]
+    assert all(0.0 <= out[t][k] <= 1.0 for t, k in (("linear_seg", "miou"), ("retrieval", "miou"),
+                                                     ("corloc", "corloc")))
+    with_dense = table("t", [("random", [out | {"objects": {"abo_i": 0.5}}])])
+    assert "lin-seg mIoU" in with_dense and "CorLoc" in with_dense
+    assert f"{out['corloc']['corloc'] * 100:.1f}" in with_dense.splitlines()[-1]
+    assert "CorLoc" not in table("t", [("random", [{"objects": {"abo_i": 0.5}}])])  # opt-in: absent → no column
