@@ -41,7 +41,7 @@ def _targets(labels: list[np.ndarray], side: int) -> Tensor:
 
 def train_head(train: Encoded, *, epochs: int, lr: float, seed: int, train_label_size: int) -> nn.Conv2d:
     """Fit Conv2d(D, C, 1) on the frozen features of `train` (seeded init and order)."""
-    feats = torch.stack([f.float() for f in train.feats])
+    feats = torch.stack(train.feats)  # float16 as cached; each batch is cast to float32
     targets = _targets(train.labels, train_label_size)
     gen = torch.Generator().manual_seed(seed)
     head = nn.Conv2d(feats.shape[1], train.num_classes, 1)
@@ -53,7 +53,7 @@ def train_head(train: Encoded, *, epochs: int, lr: float, seed: int, train_label
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, round(LR_DROP_AT * epochs)), gamma=0.1)
     for _ in range(epochs):
         for idx in torch.randperm(len(feats), generator=gen).split(TRAIN_BATCH):
-            logits = F.interpolate(head(feats[idx]), size=targets.shape[1:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(head(feats[idx].float()), size=targets.shape[1:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, targets[idx], ignore_index=-1)
             if torch.isfinite(loss):  # a batch of ignore-only pixels gives NaN: nothing to learn from it
                 opt.zero_grad()
