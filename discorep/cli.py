@@ -139,7 +139,8 @@ def _add_dense_set_args(t: argparse.ArgumentParser, name: str) -> None:
     t.add_argument(f"--{name}", required=True, type=Path,
                    help="VOC-layout folder (JPEGImages/, SegmentationClass/) or a COCO instances .json")
     t.add_argument(f"--{name}-images", type=Path, default=None, help="COCO: image folder (default <json dir>/images)")
-    t.add_argument(f"--{name}-split", default=None, help="VOC: ImageSets/Segmentation/<SPLIT>.txt (corloc with Annotations/: ImageSets/Main; default: all)")
+    t.add_argument(f"--{name}-split", default=None,
+                   help="VOC: ImageSets/Segmentation/<SPLIT>.txt (corloc with Annotations/: ImageSets/Main; default: all)")
 
 
 def _add_dense_eval_parsers(tasks) -> None:
@@ -197,7 +198,8 @@ def _add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str =
 
 
 def _add_eval_parsers(sub) -> None:
-    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear, linear-seg, overcluster, retrieval, corloc")
+    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear, "
+                                    "linear-seg, overcluster, retrieval, corloc")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     t = tasks.add_parser("objects", help="object discovery on a COCO-format set: ABO_i, ABO_c, OR (Odin §3.2)")

@@ -53,7 +53,8 @@ def train_head(train: Encoded, *, epochs: int, lr: float, seed: int, train_label
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, round(LR_DROP_AT * epochs)), gamma=0.1)
     for _ in range(epochs):
         for idx in torch.randperm(len(feats), generator=gen).split(TRAIN_BATCH):
-            logits = F.interpolate(head(feats[idx].float()), size=targets.shape[1:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(head(feats[idx].float()), size=targets.shape[1:], mode="bilinear",
+                                   align_corners=False)
             loss = F.cross_entropy(logits, targets[idx], ignore_index=-1)
             if torch.isfinite(loss):  # a batch of ignore-only pixels gives NaN: nothing to learn from it
                 opt.zero_grad()

@@ -40,7 +40,8 @@ def parse_overcluster_ks(text: str, num_classes: int) -> list[int]:
     try:
         ks = [num_classes if v.strip() == "classes" else int(v) for v in text.split(",")]
     except ValueError:
-        raise UsageError(f"--k must be a comma-separated list of positive integers or 'classes', got {text!r}") from None
+        raise UsageError(f"--k must be a comma-separated list of positive integers or 'classes', "
+                         f"got {text!r}") from None
     if not ks or any(k < 1 for k in ks):
         raise UsageError(f"--k values must be positive, got {text!r}")
     return ks

@@ -45,7 +45,8 @@ def patch_labels(labels: np.ndarray, grid: tuple[int, int], num_classes: int) ->
     cell = (rows * w + cols).ravel()
     lab = labels.ravel()
     keep = lab >= 0
-    counts = np.bincount(cell[keep] * num_classes + lab[keep], minlength=h * w * num_classes).reshape(h * w, num_classes)
+    counts = np.bincount(cell[keep] * num_classes + lab[keep], minlength=h * w * num_classes)
+    counts = counts.reshape(h * w, num_classes)
     totals = counts.sum(1, keepdims=True)
     return torch.from_numpy(np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)).float()
 
