@@ -171,3 +171,20 @@ def test_eval_objects_records_refine_and_refined_proposals_fit_flat_scenes_bette
     assert saved["refine"]["method"] == "slic" and saved["refine"]["superpixels"] == 64
     assert saved["padding"] == "zeros"
     assert refined["abo_i"] > plain["abo_i"] + 0.02, (refined["abo_i"], plain["abo_i"])
+
+
+def test_discover_records_and_logs_k_above_the_superpixel_count(tmp_path, caplog):
+    import logging
+
+    from discorep.eval.discover import run_discover
+
+    (tmp_path / "in").mkdir()
+    img, _ = _disk(64, 20.0)
+    Image.fromarray((img[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "in" / "d.png")
+    with caplog.at_level(logging.INFO, logger="discorep.eval.discover"):
+        summary = run_discover(checkpoint="random:resnet18", images=tmp_path / "in", out=tmp_path / "out", ks="2,500",
+                               size=64, features="c4", superpixels=16, device="cpu")
+    lo, hi = summary["regions_per_image"]
+    assert lo == hi and 1 < lo < 500 and summary["clamped_ks"] == [500]
+    assert sum("superpixel regions" in r.getMessage() for r in caplog.records) == 1
+    assert len(np.unique(np.load(tmp_path / "out" / "d.npz")["labels_k500"])) <= lo

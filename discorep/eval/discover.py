@@ -219,6 +219,10 @@ def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: st
             bar.update(len(chunk))
 
     _write_skipped(out, images, skipped)
+    over = _clamped(k_list, grid, regions)
+    if refiner.active and over:
+        log.info("K=%s exceed the fewest superpixel regions of an image (%d); such images get at most one "
+                 "segment per region; raise --superpixels for more", ",".join(map(str, over)), min(regions))
     summary = {
         "checkpoint": str(checkpoint), "arch": model.arch, "images": str(images), "ks": k_list,
         "size": size, "features": features, "grid": list(grid) if grid else None,
