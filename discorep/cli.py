@@ -97,8 +97,23 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
     run_discover(checkpoint=args.checkpoint, images=args.images, out=args.out, ks=args.k, size=args.size,
                  features=args.features, overlay_k=args.overlay_k, device=args.device,
-                 batch_size=args.batch_size, seed=args.seed)
+                 batch_size=args.batch_size, seed=args.seed, refine=args.refine, superpixels=args.superpixels,
+                 compactness=args.compactness, padding=args.padding)
     return 0
+
+
+def _add_refine_args(p: argparse.ArgumentParser, refine: str, padding: str | None) -> None:
+    """--refine and its superpixel options (eval/refine.py); --padding where k-means segments (eval/segment.py)."""
+    p.add_argument("--refine", choices=("none", "slic", "felzenszwalb"), default=refine,
+                   help=f"cluster superpixel regions instead of feature cells, so masks follow image edges "
+                        f"(default {refine})")
+    p.add_argument("--superpixels", type=int, default=256, help="SLIC segment count; Felzenszwalb min_size = "
+                   "size^2/(4*N) (default 256)")
+    p.add_argument("--compactness", type=float, default=10.0, help="SLIC compactness (default 10)")
+    if padding is not None:
+        p.add_argument("--padding", choices=("zeros", "replicate"), default=padding,
+                       help=f"how the encoder's convolutions pad; replicate removes the frame of segments along "
+                            f"the border (default {padding})")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -108,6 +123,60 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task", "verbose")}
     module.run(**options)
     return 0
+
+
+def _cmd_dense_eval(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"discorep.eval.{args.task.replace('-', '_')}")
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task", "verbose")}
+    module.run(**options)
+    return 0
+
+
+def _add_dense_set_args(t: argparse.ArgumentParser, name: str) -> None:
+    """--<name> PATH (VOC-layout folder or COCO json), --<name>-images, --<name>-split."""
+    t.add_argument(f"--{name}", required=True, type=Path,
+                   help="VOC-layout folder (JPEGImages/, SegmentationClass/) or a COCO instances .json")
+    t.add_argument(f"--{name}-images", type=Path, default=None, help="COCO: image folder (default <json dir>/images)")
+    t.add_argument(f"--{name}-split", default=None,
+                   help="VOC: ImageSets/Segmentation/<SPLIT>.txt (corloc with Annotations/: ImageSets/Main; default: all)")
+
+
+def _add_dense_eval_parsers(tasks) -> None:
+    """The dense evaluations (docs/evaluation.md): linear-seg, overcluster, retrieval, corloc."""
+    t = tasks.add_parser("linear-seg", help="linear 1x1-conv head on frozen dense features, mIoU (Leopart/NeCo)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "train")
+    _add_dense_set_args(t, "val")
+    t.add_argument("--epochs", type=int, default=25)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--train-label-size", type=int, default=100, help="training targets resized to N x N (NeCo)")
+    t.add_argument("--score-size", type=int, default=None,
+                   help="score at N x N instead of the full label size (NeCo: 100; default: full size)")
+    t.set_defaults(func=_cmd_dense_eval)
+
+    t = tasks.add_parser("overcluster", help="k-means over all val features, Hungarian / many-to-one mIoU (Leopart)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "val")
+    t.add_argument("--k", default="classes,100,300,500", help="cluster counts; 'classes' = number of classes")
+    t.add_argument("--seeds", type=int, default=5, help="k-means seeds (SEED, SEED+1, ...)")
+    t.set_defaults(func=_cmd_dense_eval)
+
+    t = tasks.add_parser("retrieval", help="dense nearest-neighbour retrieval from a train memory bank (Hummingbird)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "train")
+    _add_dense_set_args(t, "val")
+    t.add_argument("--k", type=int, default=30, help="neighbours per val patch")
+    t.add_argument("--temperature", type=float, default=0.02, help="softmax temperature of the vote")
+    t.add_argument("--bank-size", type=int, default=102400, help="memory bank patches (seeded subset beyond)")
+    t.set_defaults(func=_cmd_dense_eval)
+
+    t = tasks.add_parser("corloc", help="single-object localisation: K=2 foreground box, CorLoc (LOST)")
+    _add_model_args(t, size=448, features="c5")
+    _add_dense_set_args(t, "val")
+    _add_refine_args(t, "none", "zeros")
+    t.set_defaults(func=_cmd_dense_eval)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -129,7 +198,8 @@ def _add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str =
 
 
 def _add_eval_parsers(sub) -> None:
-    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear")
+    p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear, "
+                                    "linear-seg, overcluster, retrieval, corloc")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     t = tasks.add_parser("objects", help="object discovery on a COCO-format set: ABO_i, ABO_c, OR (Odin §3.2)")
@@ -139,6 +209,7 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--k", default="1,2,4,8,16,32,64,128", help="K values (proposals = their sum)")
     t.add_argument("--filter-small", action="store_true",
                    help="drop masks < 100 px at 224 and keep at most 16 per image (Odin Table A.1)")
+    _add_refine_args(t, "none", "zeros")
 
     t = tasks.add_parser("foreground", help="CUB protocol: K=5, Hungarian foreground matching, mean IoU")
     _add_model_args(t)
@@ -148,6 +219,7 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--k", type=int, default=5)
     t.add_argument("--oracle", action="store_true",
                    help="ALSO report the upper bound that picks the best cluster by ground truth")
+    _add_refine_args(t, "none", "zeros")
 
     t = tasks.add_parser("video", help="DAVIS label propagation: J, F, J&F (Odin §4.3, DINO protocol)")
     _add_model_args(t, size=480, features="c5")
@@ -156,6 +228,9 @@ def _add_eval_parsers(sub) -> None:
     t.add_argument("--context", type=int, default=7, help="previous frames used as context")
     t.add_argument("--radius", type=int, default=12, help="spatial neighbourhood radius (feature cells)")
     t.add_argument("--temperature", type=float, default=0.7)
+    _add_refine_args(t, "none", None)
+    t.add_argument("--save-masks", type=Path, default=None,
+                   help="write the predictions as DAVIS palette PNGs: DIR/<sequence>/<frame>.png")
 
     for name, helptext in (("knn", "weighted k-NN classification (k=20, T=0.07, cosine)"),
                            ("linear", "linear probe on frozen global features")):
@@ -169,6 +244,7 @@ def _add_eval_parsers(sub) -> None:
         else:
             t.add_argument("--epochs", type=int, default=100)
             t.add_argument("--lr", type=float, default=0.1)
+    _add_dense_eval_parsers(tasks)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -224,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    _add_refine_args(p, "slic", "replicate")
     p.set_defaults(func=_cmd_discover)
 
     _add_eval_parsers(sub)

@@ -44,7 +44,7 @@ def _truth_maps(ann, images):
 
 def _fake_segment(inst, cat):
     """A segment_batch that returns the ground truth: instances for the first K, categories for the rest."""
-    def segment(model, images, ks, features="c5", *, seed=0, image_ids=None, iters=50):
+    def segment(model, images, ks, features="c5", *, seed=0, image_ids=None, iters=50, **_refine_options):
         pick = lambda k, i: torch.from_numpy((inst if k == ks[0] else cat)[int(i)])
         return {k: torch.stack([pick(k, i) for i in image_ids]) for k in ks}
     return segment

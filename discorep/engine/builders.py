@@ -57,6 +57,47 @@ def build_prior_cache(cfg: Config, dataset: PretrainDataset, dist: DistInfo, pro
     return cache
 
 
+_CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")  # heads a backbone file may carry; the encoder has none
+
+
+def init_backbone(cfg: Config, method: torch.nn.Module) -> None:
+    """Load `model.init` into the backbone of every encoder of `method` (online, target, discovery copies).
+
+    `model.init` is a state-dict file (a plain dict, or one under "state_dict"/"model", torchvision or
+    timm keys), `torchvision:<name>` or `timm:<name>` (downloaded by those libraries). A classifier in
+    the file is dropped; any other key or shape that does not fit is one CheckpointError.
+    """
+    spec = cfg.model.init
+    if not spec:
+        return
+    from discorep.checkpoint import CheckpointError, load_weights
+    from discorep.models.backbones import Encoder
+
+    if spec.startswith("torchvision:"):
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(spec.split(":", 1)[1]).DEFAULT.get_state_dict(progress=False)
+    elif spec.startswith("timm:"):
+        import timm
+
+        weights = timm.create_model(spec.split(":", 1)[1], pretrained=True, num_classes=0).state_dict()
+    else:
+        if not Path(spec).is_file():
+            raise CheckpointError(f"model.init {spec}: no such file (or use torchvision:<name> / timm:<name>)")
+        weights = torch.load(spec, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):  # common wrappers around a state dict
+            if isinstance(weights, dict) and isinstance(weights.get(key), dict):
+                weights = weights[key]
+        if not isinstance(weights, dict):
+            raise CheckpointError(f"model.init {spec}: holds a {type(weights).__name__}, not a state dict of weights")
+    for enc in (m for m in method.modules() if isinstance(m, Encoder)):
+        own = enc.backbone.state_dict()
+        fitted = {k: v for k, v in weights.items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
+        load_weights(enc.backbone, fitted, what=f"{cfg.model.arch} backbone", path=f"model.init {spec}",
+                     hint=f"the file must hold {cfg.model.arch} weights (model.arch)")
+    log.info("model.init: backbone weights from %s", spec)
+
+
 def build_dataset(cfg: Config, dist: DistInfo) -> PretrainDataset | ShardPretrainDataset:
     if cfg.data.kind == "shards":  # priors come from the shards, checked against data.prior
         from discorep.data.shards import ShardPretrainDataset

@@ -69,6 +69,10 @@ class ModelConfig:
     channels_last: bool = False
     # torch.compile the encoders (docs/training.md "Precision and speed"); "none" = eager.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    # Start from trained weights: a state-dict file, torchvision:<name> or timm:<name> (downloaded by the
+    # library where the machine can); loaded into every encoder copy (online, target, discovery) at
+    # step 0 of a fresh run (`engine.builders.init_backbone`). None = random initialisation.
+    init: Optional[str] = None
 
 
 @dataclass

@@ -376,6 +376,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
         trainer = Trainer(cfg, dist_info, run_dir)
+        if ckpt_path is None:  # a resumed run's weights come from its checkpoint
+            builders.init_backbone(cfg, trainer.method)
         if ckpt_path is not None:
             state = load_checkpoint(ckpt_path)
             check_resume_config(state["config"], to_dict(cfg), allow_config_change, state.get("world_size"),

@@ -1,17 +1,22 @@
 """`discorep discover`: unsupervised segmentation of every image of a folder (Odin A.4).
 
 Each image is resized to `size`×`size`, encoded, its feature vectors L2-normalised and clustered per
-image by seeded k-means for every requested K (`eval.segment`), and the feature-grid labels are
-upsampled (nearest) to the image's original, upright size.
+image by seeded k-means for every requested K (`eval.segment`), and the labels are upsampled (nearest)
+to the image's original, upright size. By default (`refine="slic"`) superpixel regions are clustered
+instead of feature-grid cells (`eval.refine`), so segment boundaries follow image edges, and the
+encoder pads with `padding="replicate"`, which removes the frame of segments along the image border
+(`eval.segment` has the measurement). `refine="none", padding="zeros"` is Odin A.4's plain grid.
 
 Output layout (under `out/`), mirroring the input folder so that names are unique and deterministic:
 
 * `<rel>.npz` — one `int32` array `labels_k<K>` of shape (H, W) per requested K, where `<rel>` is the
   image's path relative to `images/` without its extension (`a/b/cat.jpg` → `a/b/cat.npz`). When two
   images of one folder differ only by extension (`cat.jpg`, `cat.png`), both keep their extension
-  (`cat.jpg.npz`, `cat.png.npz`). A K larger than the feature grid is clamped to the number of grid
-  points, but the array keeps the requested K in its name so that consumers find every key.
-* `<rel>.png` (or `<rel>.jpg.png` etc.) — the image with the `overlay_k` segments drawn on it, at the
+  (`cat.jpg.npz`, `cat.png.npz`). A K larger than the feature grid (or, refined, than an image's
+  number of superpixel regions) is clamped to it, but the array keeps the requested K in its name so
+  that consumers find every key.
+* `<rel>.png` (or `<rel>.jpg.png` etc.) — the image with the `overlay_k` segments drawn on it and
+  "K=<overlay_k>" written in its top-left corner, at the
   original size; images whose long side exceeds `OVERLAY_MAX_SIDE` are drawn downscaled to that
   side (the npz is always full size), which keeps huge scans from producing huge pictures.
 * `skipped.txt` — one `<relative path>\\t<reason>` line per unreadable image (empty when none).
@@ -33,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from discorep.checkpoint import CheckpointError
@@ -41,6 +46,7 @@ from discorep.data.images import BadImageError, DatasetError, list_images, load_
 from discorep.errors import UsageError
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
+from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine
 from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
 from discorep.viz import overlay
 
@@ -118,8 +124,18 @@ def _load_batch(jobs: list[_Job], size: int, skipped: list[tuple[_Job, str]]):
     return kept, pics, tensors
 
 
-def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor) -> Image.Image:
-    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE."""
+def _name_k(picture: Image.Image, k: int) -> Image.Image:
+    """Write "K=<k>" on a dark box in the top-left corner, so a picture says which K it shows."""
+    draw = ImageDraw.Draw(picture)
+    text = f"K={k}"
+    x0, y0, x1, y1 = draw.textbbox((2, 2), text)
+    draw.rectangle((0, 0, x1 + 2, y1 + 2), fill=(0, 0, 0))
+    draw.text((2, 2), text, fill=(255, 255, 255))
+    return picture
+
+
+def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor, k: int) -> Image.Image:
+    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE; K written on it."""
     w, h = img.size
     scale = min(1.0, OVERLAY_MAX_SIDE / max(w, h))
     if scale < 1.0:
@@ -127,7 +143,7 @@ def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor) -> Image.Image
         img = img.resize((w, h), Image.BICUBIC)
     # Upsampling the grid straight to the picture size equals downscaling the full-size map (nearest).
     labels = upsample_nearest(grid_labels, h, w).astype(np.int64)
-    return Image.fromarray(overlay(np.asarray(img), labels))
+    return _name_k(Image.fromarray(overlay(np.asarray(img), labels)), k)
 
 
 def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torch.Tensor],
@@ -141,7 +157,7 @@ def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torc
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     tmp.replace(target.parent / f"{target.name}.npz")
-    _overlay_picture(img, grids[overlay_k]).save(target.parent / f"{target.name}.png")
+    _overlay_picture(img, grids[overlay_k], overlay_k).save(target.parent / f"{target.name}.png")
 
 
 def _log_clamping(ks: list[int], grid: tuple[int, int]) -> list[int]:
@@ -155,6 +171,12 @@ def _log_clamping(ks: list[int], grid: tuple[int, int]) -> list[int]:
     return clamped
 
 
+def _clamped(ks: list[int], grid: tuple[int, int] | None, regions: list[int]) -> list[int]:
+    """K values clamped on some image: above the grid's points, or above its fewest superpixel regions."""
+    limit = min(regions) if regions else (grid[0] * grid[1] if grid else None)
+    return [k for k in ks if limit is not None and k > limit]
+
+
 def _write_skipped(out: Path, images: Path, skipped: list[tuple[_Job, str]]) -> None:
     lines = [f"{job.path.relative_to(images).as_posix()}\t{reason}\n" for job, reason in skipped]
     (out / "skipped.txt").write_text("".join(lines))
@@ -162,9 +184,11 @@ def _write_skipped(out: Path, images: Path, skipped: list[tuple[_Job, str]]) -> 
 
 def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: str = "1,2,4,8,16,32,64,128",
                  size: int = 448, features: str = "c5", overlay_k: int | None = None, device: str = "auto",
-                 batch_size: int = 8, seed: int = 0) -> dict:
+                 batch_size: int = 8, seed: int = 0, refine: str = "slic", superpixels: int = DEFAULT_SUPERPIXELS,
+                 compactness: float = DEFAULT_COMPACTNESS, padding: str = "replicate") -> dict:
     """Segment every image under `images` into `out` (layout in the module docstring); returns the summary."""
     images, out = Path(images), Path(out)
+    refiner = Refine(refine, superpixels, compactness)
     k_list = parse_ks(ks)
     draw_k = choose_overlay_k(k_list, overlay_k)
     cluster_ks = k_list if draw_k in k_list else [*k_list, draw_k]
@@ -177,15 +201,16 @@ def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: st
 
     skipped: list[tuple[_Job, str]] = []
     grid: tuple[int, int] | None = None
-    written = 0
+    written, regions = 0, []
     with tqdm(total=len(jobs), desc="discover", unit="img") as bar:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             kept, pics, tensors = _load_batch(chunk, size, skipped)
             if kept:
                 ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
-                labels = segment_batch(model, torch.stack(tensors), cluster_ks, features, seed=seed, image_ids=ids)
-                if grid is None:
+                labels = segment_batch(model, torch.stack(tensors), cluster_ks, features, seed=seed, image_ids=ids,
+                                       refine=refiner, padding=padding, regions_out=regions)
+                if grid is None and not refiner.active:
                     grid = tuple(labels[cluster_ks[0]].shape[1:])
                     _log_clamping(k_list, grid)
                 for b, (job, img) in enumerate(zip(kept, pics)):
@@ -194,10 +219,16 @@ def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: st
             bar.update(len(chunk))
 
     _write_skipped(out, images, skipped)
+    over = _clamped(k_list, grid, regions)
+    if refiner.active and over:
+        log.info("K=%s exceed the fewest superpixel regions of an image (%d); such images get at most one "
+                 "segment per region; raise --superpixels for more", ",".join(map(str, over)), min(regions))
     summary = {
         "checkpoint": str(checkpoint), "arch": model.arch, "images": str(images), "ks": k_list,
         "size": size, "features": features, "grid": list(grid) if grid else None,
-        "clamped_ks": [k for k in k_list if grid and k > grid[0] * grid[1]], "overlay_k": draw_k,
+        "clamped_ks": _clamped(k_list, grid, regions), "overlay_k": draw_k,
+        "refine": refiner.settings(), "padding": padding,
+        "regions_per_image": [min(regions), max(regions)] if regions else None,
         "seed": seed, "device": str(dev), "batch_size": batch_size, "overlay_max_side": OVERLAY_MAX_SIDE,
         "found": len(jobs), "written": written, "skipped": len(skipped),
     }

@@ -35,6 +35,7 @@ from discorep.errors import UsageError
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.metrics import hungarian_foreground, mask_iou, oracle_foreground
 from discorep.eval.report import emit_report, resolve_device
+from discorep.eval.refine import Refine
 from discorep.eval.segment import prepare, segment_batch, upsample_nearest
 
 log = logging.getLogger("discorep")
@@ -121,7 +122,7 @@ def _score(labels: np.ndarray, fg: np.ndarray, oracle: bool) -> dict:
 
 def evaluate_foreground(model: EvalModel, truth: Dataset, k: int, size: int, features: str, *,
                         batch_size: int = 8, seed: int = 0, oracle: bool = False, progress: bool = True,
-                        num_workers: int = 2) -> dict:
+                        num_workers: int = 2, refine: Refine | None = None, padding: str = "zeros") -> dict:
     """Mean foreground IoU of the Hungarian-assigned segment (and the oracle's, when asked)."""
     per_image, skipped = [], []
     loader = DataLoader(_Items(truth, size), batch_size=batch_size, collate_fn=list,
@@ -132,7 +133,8 @@ def evaluate_foreground(model: EvalModel, truth: Dataset, k: int, size: int, fea
             good = [b for b in batch if "skip" not in b]
             if good:
                 labels = segment_batch(model, torch.stack([b["image"] for b in good]), [k], features, seed=seed,
-                                       image_ids=torch.tensor([b["index"] for b in good]))[k]
+                                       image_ids=torch.tensor([b["index"] for b in good]), refine=refine,
+                                       padding=padding)[k]
                 for j, b in enumerate(good):
                     full = upsample_nearest(labels[j], *b["fg"].shape)
                     per_image.append({"path": b["path"], **_score(full, b["fg"], oracle)})
@@ -148,14 +150,17 @@ def evaluate_foreground(model: EvalModel, truth: Dataset, k: int, size: int, fea
 
 
 def run(*, checkpoint: str, coco: Path | None, masks: Path | None, images: Path, k: int, size: int,
-        features: str, device: str, batch_size: int, seed: int, out: Path | None, oracle: bool) -> dict:
+        features: str, device: str, batch_size: int, seed: int, out: Path | None, oracle: bool,
+        refine: str = "none", superpixels: int = 256, compactness: float = 10.0, padding: str = "zeros") -> dict:
     if (coco is None) == (masks is None):
         raise UsageError("give exactly one ground truth: --coco JSON or --masks FOLDER")
     if k < 1:
         raise UsageError(f"--k must be >= 1, got {k}")
+    refiner = Refine(refine, superpixels, compactness)
     truth = CocoTruth(coco, images) if coco is not None else FolderTruth(masks, images)
     model = load_model(checkpoint, resolve_device(device))
-    result = evaluate_foreground(model, truth, k, size, features, batch_size=batch_size, seed=seed, oracle=oracle)
+    result = evaluate_foreground(model, truth, k, size, features, batch_size=batch_size, seed=seed, oracle=oracle,
+                                 refine=refiner, padding=padding)
     for s in result["skipped"]:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     rows = [(f"mIoU foreground (Hungarian, K={k})", result["miou"]),
@@ -165,6 +170,7 @@ def run(*, checkpoint: str, coco: Path | None, masks: Path | None, images: Path,
         rows.append(("ORACLE upper bound mIoU (best cluster by GT)", result["oracle_upper_bound_miou"]))
     settings = {"checkpoint": checkpoint, "coco": coco, "masks": masks, "images": images, "k": k, "size": size,
                 "features": features, "seed": seed, "batch_size": batch_size, "oracle": oracle,
+                "refine": refiner.settings(), "padding": padding,
                 "protocol": "Hungarian K x {bg, fg} on IoU; one segment is foreground (R2O 4.4)"}
     emit_report(f"foreground (CUB protocol) — {checkpoint} ({features}, {size}px)", rows, out,
                 {"task": "foreground", "settings": settings, **result})

@@ -27,6 +27,7 @@ from discorep.data.images import BadImageError, DatasetError
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.metrics import filter_small as filter_small_masks
 from discorep.eval.metrics import image_scores
+from discorep.eval.refine import Refine
 from discorep.eval.report import emit_report, resolve_device
 from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
 
@@ -61,10 +62,11 @@ class _Items(Dataset):
                 "cats": cats}
 
 
-def _score_batch(model: EvalModel, good: list[dict], ks: Sequence[int], features: str, seed: int) -> list[dict]:
+def _score_batch(model: EvalModel, good: list[dict], ks: Sequence[int], features: str, seed: int,
+                 refine: Refine | None, padding: str) -> list[dict]:
     """k-means proposals for a batch of images, scored against each image's ground truth."""
     labels = segment_batch(model, torch.stack([b["image"] for b in good]), ks, features, seed=seed,
-                           image_ids=torch.tensor([b["index"] for b in good]))
+                           image_ids=torch.tensor([b["index"] for b in good]), refine=refine, padding=padding)
     rows = []
     for j, b in enumerate(good):
         H, W = b["masks"].shape[1:]
@@ -75,7 +77,7 @@ def _score_batch(model: EvalModel, good: list[dict], ks: Sequence[int], features
 
 def evaluate_objects(model: EvalModel, dataset: CocoDataset, ks: Sequence[int], size: int, features: str, *,
                      batch_size: int = 8, seed: int = 0, filter_small: bool = False, progress: bool = True,
-                     num_workers: int = 2) -> dict:
+                     num_workers: int = 2, refine: Refine | None = None, padding: str = "zeros") -> dict:
     """Mean ABO_i / ABO_c / OR over usable images (also callable on a small probe set while training).
 
     Returns {"abo_i", "abo_c", "or", "n_images", "per_image", "skipped", "n_skipped_unreadable",
@@ -89,7 +91,7 @@ def evaluate_objects(model: EvalModel, dataset: CocoDataset, ks: Sequence[int], 
             skipped += [{k: b[k] for k in ("path", "skip", "reason")} for b in batch if "skip" in b]
             good = [b for b in batch if "skip" not in b]
             if good:
-                per_image += _score_batch(model, good, ks, features, seed)
+                per_image += _score_batch(model, good, ks, features, seed, refine, padding)
             bar.update(len(batch))
     if not per_image:
         raise DatasetError(f"{dataset.ann_file}: no usable annotated image ({len(skipped)} skipped, e.g. "
@@ -102,21 +104,25 @@ def evaluate_objects(model: EvalModel, dataset: CocoDataset, ks: Sequence[int], 
 
 
 def run(*, checkpoint: str, coco: Path, images: Path, k: str, size: int, features: str, device: str,
-        batch_size: int, seed: int, out: Path | None, filter_small: bool) -> dict:
+        batch_size: int, seed: int, out: Path | None, filter_small: bool, refine: str = "none",
+        superpixels: int = 256, compactness: float = 10.0, padding: str = "zeros") -> dict:
     ks = parse_ks(k)
+    refiner = Refine(refine, superpixels, compactness)
     model = load_model(checkpoint, resolve_device(device))
     result = evaluate_objects(model, CocoDataset(coco, images), ks, size, features, batch_size=batch_size,
-                              seed=seed, filter_small=filter_small)
+                              seed=seed, filter_small=filter_small, refine=refiner, padding=padding)
     for s in result["skipped"]:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     settings = {"checkpoint": checkpoint, "coco": coco, "images": images, "ks": ks, "size": size,
                 "features": features, "seed": seed, "filter_small": filter_small, "batch_size": batch_size,
+                "refine": refiner.settings(), "padding": padding,
                 "crop": "none: whole image resized to size x size, labels upsampled (nearest) to H x W",
                 "crowd": "excluded"}
     rows = [("ABO_i", result["abo_i"]), ("ABO_c", result["abo_c"]), ("OR (BO > 0.5)", result["or"]),
             ("images", result["n_images"]), ("skipped: unreadable", result["n_skipped_unreadable"]),
             ("skipped: no annotations", result["n_skipped_no_annotations"]),
             ("proposals/image (max)", result["n_proposals_max"])]
-    emit_report(f"object discovery — {checkpoint} ({features}, {size}px, K={','.join(map(str, ks))})", rows, out,
+    emit_report(f"object discovery — {checkpoint} ({features}, {size}px, K={','.join(map(str, ks))}, "
+                f"refine={refine}, padding={padding})", rows, out,
                 {"task": "objects", "settings": settings, **result})
     return result

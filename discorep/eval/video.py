@@ -28,6 +28,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from discorep.data.demo import davis_palette
 from discorep.data.images import DatasetError, is_image_file, load_rgb
 from discorep.errors import UsageError
 from discorep.eval.backbone import (
@@ -37,6 +38,7 @@ from discorep.eval.backbone import (
     normalize_images,
 )
 from discorep.eval.davis_metrics import VOID, sequence_scores, summarize
+from discorep.eval.refine import Refine, region_vote
 from discorep.eval.report import print_table, resolve_device, write_json
 
 log = logging.getLogger("discorep")
@@ -200,8 +202,13 @@ def propagate(feats: Tensor, first: Tensor, *, topk: int, context: int, radius: 
     return torch.stack([first.to(feats)] + [prop.step(f) for f in feats[1:]])
 
 
-def to_label_map(probs: Tensor, ids: list[int], height: int, width: int) -> np.ndarray:
-    """(C, h, w) distribution → (H, W) uint8 object ids (0 = background): bilinear upsampling, argmax."""
+def to_label_map(probs: Tensor, ids: list[int], height: int, width: int, *, refine: Refine | None = None,
+                 frame: Path | None = None) -> np.ndarray:
+    """(C, h, w) distribution → (H, W) uint8 object ids (0 = background): bilinear upsampling, argmax;
+    with an active `refine`, the argmax of each superpixel's mean distribution on the `frame` image."""
+    if refine is not None and refine.active:
+        image = np.asarray(load_rgb(frame).resize((width, height), Image.BILINEAR))
+        return torch.tensor([0, *ids], dtype=torch.uint8)[torch.from_numpy(region_vote(probs, image, refine))].numpy()
     up = F.interpolate(probs[None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)[0]
     return torch.tensor([0, *ids], dtype=torch.uint8)[up.argmax(0)].numpy()
 
@@ -209,7 +216,8 @@ def to_label_map(probs: Tensor, ids: list[int], height: int, width: int) -> np.n
 # ----------------------------------------------------------------------------- command
 def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *, size: int, features: str,
                      device: torch.device, batch_size: int, topk: int, context: int, radius: int,
-                     temperature: float, desc: str = "", progress: bool = True) -> np.ndarray:
+                     temperature: float, desc: str = "", progress: bool = True,
+                     refine: Refine | None = None) -> np.ndarray:
     """(T, H, W) uint8 predicted ids for a sequence, given its first annotation `first` (H, W)."""
     ids = [int(i) for i in np.unique(first) if i not in (0, VOID)]  # only objects seen at t=0 can propagate
     height, width = first.shape
@@ -223,8 +231,21 @@ def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *,
             seed = seed_distribution(first, ids, tuple(feats.shape[-2:]))
             prop = Propagator(feats, seed, topk=topk, context=context, radius=radius, temperature=temperature)
             continue
-        pred[t] = to_label_map(prop.step(feats), ids, height, width)
+        pred[t] = to_label_map(prop.step(feats), ids, height, width, refine=refine, frame=frames[t])
     return pred
+
+
+def save_palette_masks(out: Path, frames: list[Path], pred: np.ndarray) -> None:
+    """Write a sequence's label maps as DAVIS palette PNGs, `out/<frame stem>.png` (as DINO's evaluation
+    does), so they can be looked at and scored with the official DAVIS toolkit."""
+    out.mkdir(parents=True, exist_ok=True)
+    palette = davis_palette()
+    for frame, labels in zip(frames, pred):
+        png = Image.fromarray(labels, mode="P")
+        png.putpalette(palette)
+        tmp = out / f".{frame.stem}.png.tmp"
+        png.save(tmp, format="PNG")
+        tmp.replace(out / f"{frame.stem}.png")  # never a truncated PNG after an interruption
 
 
 def _check_options(size: int, batch_size: int, topk: int, context: int, radius: int, temperature: float) -> None:
@@ -235,8 +256,10 @@ def _check_options(size: int, batch_size: int, topk: int, context: int, radius: 
 
 def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, device: torch.device,
                    batch_size: int = 8, topk: int = 5, context: int = 7, radius: int = 12,
-                   temperature: float = 0.7, progress: bool = True) -> dict:
-    """J, F, J&F over every sequence of a DAVIS-layout folder (no printing; `run` reports)."""
+                   temperature: float = 0.7, progress: bool = True, refine: Refine | None = None,
+                   save_masks: Path | None = None) -> dict:
+    """J, F, J&F over every sequence of a DAVIS-layout folder (no printing; `run` reports); with
+    `save_masks`, the predictions as palette PNGs in `save_masks/<sequence>/<frame>.png`."""
     _check_options(size, batch_size, topk, context, radius, temperature)
     davis = Path(davis)
     scores, skipped = {}, []
@@ -244,8 +267,10 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
         frames, labels = read_sequence(davis, seq)
         pred = predict_sequence(model, frames, labels[0], size=size, features=features, device=device,
                                 batch_size=batch_size, topk=topk, context=context, radius=radius,
-                                temperature=temperature, desc=seq, progress=progress)
+                                temperature=temperature, desc=seq, progress=progress, refine=refine)
         scores[seq] = sequence_scores(pred, labels)
+        if save_masks is not None:
+            save_palette_masks(Path(save_masks) / seq, frames, pred)
         if not scores[seq]:
             skipped.append(seq)
             log.warning("sequence %s scores nothing (no object in its first annotation, or < 3 frames: "
@@ -258,20 +283,25 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
 
 
 def run(*, checkpoint: str, size: int, features: str, device: str, batch_size: int, seed: int,
-        out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float) -> dict:
+        out: Path | None, davis: Path, topk: int, context: int, radius: int, temperature: float,
+        refine: str = "none", superpixels: int = 256, compactness: float = 10.0,
+        save_masks: Path | None = None) -> dict:
     """Propagate the first-frame masks through every sequence; print and return (and write) J, F, J&F.
 
     Nothing here is random: `seed` is accepted like every eval command's and recorded in the JSON.
     """
     _check_options(size, batch_size, topk, context, radius, temperature)
+    refiner = Refine(refine, superpixels, compactness)
     davis, dev = Path(davis), resolve_device(device)
     list_sequences(davis)  # a bad folder fails before the model loads
     model = load_model(checkpoint, dev)
     result = evaluate_video(model, davis, size=size, features=features, device=dev, batch_size=batch_size,
-                            topk=topk, context=context, radius=radius, temperature=temperature)
+                            topk=topk, context=context, radius=radius, temperature=temperature, refine=refiner,
+                            save_masks=save_masks)
     _report(result, checkpoint, features, size, out,
             {"checkpoint": checkpoint, "davis": davis, "size": size, "features": features, "topk": topk,
-             "context": context, "radius": radius, "temperature": temperature, "seed": seed})
+             "context": context, "radius": radius, "temperature": temperature, "seed": seed,
+             "refine": refiner.settings(), "save_masks": save_masks})
     return result
 
 

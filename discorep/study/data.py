@@ -54,5 +54,6 @@ def study_data(spec: StudySpec) -> dict[str, Path]:
                 "knn_train": lambda: dominant_category_folders(train / "annotations.json", train / "images",
                                                                out / "knn" / "train"),
                 "knn_val": lambda: dominant_category_folders(val / "annotations.json", val / "images",
-                                                             out / "knn" / "val")}
+                                                             out / "knn" / "val"),
+                "seg_train": lambda: train / "annotations.json", "seg_val": lambda: val / "annotations.json"}
     return {key: given[key] if key in given else make() for key, make in defaults.items()}

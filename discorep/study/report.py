@@ -20,6 +20,9 @@ from discorep.study.spec import StudySpec
 COLUMNS = [("ABO_i", "objects", "abo_i"), ("ABO_c", "objects", "abo_c"), ("OR", "objects", "or"),
            ("photos ABO_i", "photos", "abo_i"),
            ("FG mIoU", "foreground", "miou"), ("J&F", "video", "J&F"), ("k-NN top-1", "knn", "top1")]
+# The dense evaluations' columns (spec.DENSE_TASKS): shown only when some row has them.
+DENSE_COLUMNS = [("lin-seg mIoU", "linear_seg", "miou"), ("overcluster mIoU", "overcluster", "miou"),
+                 ("NN-retrieval mIoU", "retrieval", "miou"), ("CorLoc", "corloc", "corloc")]
 
 
 def values(results: list[dict], section: str, key: str) -> list[float]:
@@ -46,10 +49,11 @@ def _minutes(results: list[dict]) -> str:
 
 
 def table(title: str, rows: list[tuple[str, list[dict]]], time_column: bool = True) -> str:
-    head = ["method", "n"] + [c[0] for c in COLUMNS] + (["train min / run"] if time_column else [])
+    columns = COLUMNS + [c for c in DENSE_COLUMNS if any(values(results, c[1], c[2]) for _, results in rows)]
+    head = ["method", "n"] + [c[0] for c in columns] + (["train min / run"] if time_column else [])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, results in rows:
-        cells = [label, str(len(results))] + [cell(values(results, sec, key)) for _, sec, key in COLUMNS]
+        cells = [label, str(len(results))] + [cell(values(results, sec, key)) for _, sec, key in columns]
         lines.append("| " + " | ".join(cells + ([_minutes(results)] if time_column else [])) + " |")
     return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ from discorep.eval.report import resolve_device, write_json
 from discorep.eval.video import evaluate_video
 from discorep.study.baselines import grid_oracle_objects, slic_foreground, slic_objects
 from discorep.study.data import study_data
-from discorep.study.spec import RunSpec, StudySpec, dotted
+from discorep.study.spec import DENSE_TASKS, RunSpec, StudySpec, dotted
 
 log = logging.getLogger("discorep")
 
@@ -74,6 +74,41 @@ def evaluate_checkpoint(spec: StudySpec, checkpoint: str, data: dict[str, Path],
     if "knn" in tasks:
         r = evaluate_knn(model, data["knn_train"], data["knn_val"], e.knn_size, e.knn_features, device, e.knn_k)
         out["knn"] = {k: r[k] for k in ("top1", "n_train", "n_val", "num_classes")}
+    if set(tasks) & set(DENSE_TASKS):
+        out.update(dense_tasks(model, spec, data, seed, tasks))
+    return out
+
+
+def dense_tasks(model, spec: StudySpec, data: dict[str, Path], seed: int, tasks: list[str]) -> dict:
+    """linear-seg / overcluster / retrieval / corloc on the semantic set (features encoded once)."""
+    from discorep.data.semantic import open_boxes, open_semantic
+    from discorep.eval.corloc import evaluate_corloc
+    from discorep.eval.dense import encode_set
+    from discorep.eval.linear_seg import evaluate_linear_seg
+    from discorep.eval.overcluster import evaluate_overcluster, parse_overcluster_ks
+    from discorep.eval.retrieval import evaluate_retrieval
+
+    e, out = spec.eval, {}
+    val_set = open_semantic(data["seg_val"])
+    val = encode_set(model, val_set, e.dense_size, e.dense_features, progress=False, num_workers=0)
+    if {"linear_seg", "retrieval"} & set(tasks):
+        train = encode_set(model, open_semantic(data["seg_train"]), e.dense_size, e.dense_features, progress=False,
+                           num_workers=0)
+        if "linear_seg" in tasks:
+            r = evaluate_linear_seg(train, val, epochs=e.linear_seg_epochs, seed=seed)
+            out["linear_seg"] = {k: r[k] for k in ("miou", "pixel_accuracy", "n_train", "n_val")}
+        if "retrieval" in tasks:
+            r = evaluate_retrieval(train, val, k=e.retrieval_k, seed=seed)
+            out["retrieval"] = {k: r[k] for k in ("miou", "pixel_accuracy", "bank_entries", "n_val")}
+    if "overcluster" in tasks:
+        r = evaluate_overcluster(val, parse_overcluster_ks(e.overcluster_k, val_set.num_classes), seeds=1,
+                                 first_seed=seed)
+        out["overcluster"] = {f"miou_k{p['k']}": p["miou_mean"] for p in r["per_k"]}
+        out["overcluster"]["miou"] = r["per_k"][-1]["miou_mean"]  # the report's column: the largest K
+    if "corloc" in tasks:
+        r = evaluate_corloc(model, open_boxes(data["seg_val"]), e.dense_size, e.dense_features, seed=seed,
+                            progress=False)
+        out["corloc"] = {k: r[k] for k in ("corloc", "n_images")}
     return out
 
 

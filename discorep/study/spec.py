@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from discorep.engine.configio import ConfigError, deep_merge, from_dict, load_yaml
 
-EVAL_TASKS = ("objects", "photos", "foreground", "video", "knn")  # photos: objects on real-photo composites
+DEFAULT_TASKS = ("objects", "photos", "foreground", "video", "knn")  # photos: objects on real-photo composites
+DENSE_TASKS = ("linear_seg", "overcluster", "retrieval", "corloc")  # eval/dense.py's protocols, opt-in
+EVAL_TASKS = DEFAULT_TASKS + DENSE_TASKS
 
 
 @dataclass
@@ -27,7 +29,7 @@ class RunSpec:
 
 @dataclass
 class EvalSpec:
-    tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     size: int = 192  # objects / foreground: whole image resized to size x size
     features: Literal["c4", "c5", "fpn"] = "c4"  # one level every backbone has, for every method alike
     objects_ks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
@@ -38,6 +40,12 @@ class EvalSpec:
     knn_size: int = 96
     knn_features: Literal["c4", "c5", "fpn"] = "c5"
     knn_k: int = 20
+    # dense evaluations (DENSE_TASKS; data.seg_train / data.seg_val): docs/evaluation.md has the protocols
+    dense_size: int = 96
+    dense_features: Literal["c4", "c5", "fpn"] = "c4"
+    linear_seg_epochs: int = 25
+    overcluster_k: str = "classes,100"
+    retrieval_k: int = 30
     probe_every_epochs: int = 1  # ABO on the held-out scenes during training (0 = off); main table only
     probe_images: int = 16
 
@@ -59,9 +67,12 @@ class DataSpec:
     videos: str | None = None  # DAVIS layout
     knn_train: str | None = None  # labelled folders (class sub-folders)
     knn_val: str | None = None
+    seg_train: str | None = None  # dense evaluations: COCO instances json or VOC-layout folder
+    seg_val: str | None = None
 
     def validate(self) -> None:
-        for a, b in (("val_coco", "val_images"), ("photo_coco", "photo_images"), ("knn_train", "knn_val")):
+        for a, b in (("val_coco", "val_images"), ("photo_coco", "photo_images"), ("knn_train", "knn_val"),
+                     ("seg_train", "seg_val")):
             if (getattr(self, a) is None) != (getattr(self, b) is None):
                 raise ConfigError(f"data.{a} and data.{b} go together")
 
