@@ -26,7 +26,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in --help, except where there is nothing to say (flags, required options, None)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.required or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False or action.required or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
 
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_user_error(err):
             print(f"error: {describe(err)}", file=sys.stderr)
             return 2
-        print(f"error: discorep {name} failed: {type(err).__name__}: {describe(err)} "
+        print(f"error: discorep {name} failed: {type(err).__name__}: {' '.join(describe(err).split())} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
