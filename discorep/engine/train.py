@@ -20,7 +20,7 @@ from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoi
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, shutdown
-from discorep.engine.logger import RunLogger
+from discorep.engine.logger import ExpectedDuration, RunLogger
 from discorep.engine.optim import clip_grad_norm
 from discorep.engine.periodic_eval import PeriodicEval
 from discorep.engine.startup import RunFolderError, TooManyBadImagesError  # noqa: F401 (re-exported)
@@ -265,6 +265,7 @@ class Trainer:
             self.pictures("epoch_000")
         loader, _ = builders.build_loader(self.cfg, self.dataset, self.dist, self.step, self.end_step)
         bar = _progress(self.cfg.train.progress and self.dist.is_main, self.step, self.end_step)
+        expected = ExpectedDuration(self.step, self.end_step, enabled=self.dist.is_main)
         tic = time.perf_counter()
         for batch in loader:
             self.record_skips(batch)
@@ -273,6 +274,8 @@ class Trainer:
             batch = builders.to_device(batch, self.dist.device)
             loss, logs, lr = self.guarded_step(batch)
             self.step += 1
+            if expected.update(self.step):
+                log.info("%s", expected.message)
             toc = time.perf_counter()
             img_s = batch["size"] * self.dist.world_size / max(toc - tic, 1e-9)
             tic = toc
