@@ -7,7 +7,7 @@
   the files read until the first good one) are counted against the limit before training starts;
 * Ctrl-C / SIGTERM during the set-up (the prior build can take hours) stop it promptly;
 * a run that fails before its first checkpoint leaves no folder behind (or one marked FAILED.txt when
-  its skipped.txt is worth reading).
+  its skipped.txt or logged steps are worth reading).
 """
 
 from __future__ import annotations
@@ -143,10 +143,10 @@ def check_bad_images(trainer) -> None:
 
 def clean_failed_run(run_dir: Path, err: BaseException) -> None:
     """A run folder this call created, whose run failed before any checkpoint: remove it, or mark it
-    FAILED.txt when it holds a skipped.txt the error message points to."""
+    FAILED.txt when it holds something to read (a skipped.txt the error points to, logged steps)."""
     if not run_dir.is_dir() or latest_checkpoint(run_dir) is not None:
         return
-    if (run_dir / "skipped.txt").exists():
+    if (run_dir / "skipped.txt").exists() or (run_dir / "metrics.jsonl").exists():  # worth reading: keep, mark
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         (run_dir / "FAILED.txt").write_text(f"this run failed before its first checkpoint: {reason}\n"
                                             "delete this folder, or rerun: the rerun starts afresh here\n")

@@ -370,7 +370,9 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
             try:
                 trainer.fit()
             except TooManyBadImagesError:
-                trainer.save_if_unsaved()  # never die without a checkpoint of the steps done
+                # Raised between steps, so the weights are those of the last finished step: keep them (a
+                # non-finite loss keeps its own message, which names the last good checkpoint).
+                trainer.save_if_unsaved()
                 raise
         return run_dir
     except BaseException as err:

@@ -208,3 +208,19 @@ def test_export_of_the_random_baseline(outcome, tmp_path, capsys):
     assert torch.equal(model.layer3[0].conv1.weight, baseline["layer3.0.conv1.weight"])  # the evaluated baseline
     assert torch.count_nonzero(model.fc.weight) == 0
     outcome("checkpoint", "export --checkpoint random:resnet18", "writes the baseline's weights; notes the zero fc")
+
+
+def test_a_run_that_logged_steps_but_no_checkpoint_is_kept_and_marked(outcome, scenes, tmp_path, monkeypatch):
+    from discorep.engine.train import NonFiniteLossError
+    from discorep.methods.byol import BYOL
+    from tests.reliability.test_training_inputs import _nan_after
+
+    monkeypatch.setattr(BYOL, "forward", _nan_after(BYOL, 3))
+    cfg = tiny_config("byol", scenes / "images", tmp_path, {"train": {"max_steps": 6, "checkpoint_every": 1000}})
+    with pytest.raises(NonFiniteLossError, match="none yet"):
+        pretrain(cfg)
+    run_dir = tmp_path / "byol"
+    assert sorted(losses_by_step(run_dir)) == [1, 2, 3]  # the logged steps are not deleted
+    assert "non-finite loss" in (run_dir / "FAILED.txt").read_text()
+    outcome("fault", "a run that fails after logging steps, before its first checkpoint",
+            "folder kept with FAILED.txt naming the error (logs never deleted)")
