@@ -22,22 +22,6 @@ CHECKPOINT_HELP = ("a checkpoint file, a run folder (its latest checkpoint, e.g.
                    "or random:<arch>[:<seed>] (e.g. random:resnet18)")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in --help, except where there is nothing to say (flags, required options, None)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.required or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    """A bad argument is one line naming it (argparse would print the whole usage block first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
-
-
 # ------------------------------------------------------------------------------------------- commands
 
 
@@ -98,33 +82,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-# --prior-* flags of `discorep shard`: (flag, parameter of data.prior_params, type, help)
-_PRIOR_FLAGS = (
-    ("n-segments", "n_segments", int, "slic: number of superpixels (default 100)"),
-    ("compactness", "compactness", float, "slic: compactness (default 10)"),
-    ("resize", "resize", "int?", "slic: side of the square copy segmented, or 'none' for full size (default 224)"),
-    ("scale", "scale", float, "felzenszwalb: scale (default 1000)"),
-    ("sigma", "sigma", float, "felzenszwalb: Gaussian sigma (default 0.8)"),
-    ("min-size", "min_size", int, "felzenszwalb: minimum segment size in pixels (default 1000)"),
-    ("max-side", "max_side", "int?", "felzenszwalb: shrink longer sides to this first, or 'none' (default)"),
-    ("n", "n", int, "grid: n x n cells (default 14)"),
-)
-
-
-def _int_or_none(text: str) -> int | None:
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
-
-
 def _cmd_shard(args: argparse.Namespace) -> int:
-    params = {name: getattr(args, f"prior_{name}") for _, name, _, _ in _PRIOR_FLAGS
+    params = {name: getattr(args, f"prior_{name}") for _, name, _, _ in A.PRIOR_FLAGS
               if hasattr(args, f"prior_{name}")}
     if params and args.prior == "none":
-        given = ", ".join(f"--prior-{flag}" for flag, name, _, _ in _PRIOR_FLAGS if name in params)
+        given = ", ".join(f"--prior-{flag}" for flag, name, _, _ in A.PRIOR_FLAGS if name in params)
         raise UsageError(f"{given} given without --prior (slic, felzenszwalb or grid)")
     A.check_input_dir(args.images, "--images")
     if args.coco is not None:
@@ -166,7 +128,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import importlib
 
     _check_model_args(args)
-    args.check(args)
+    if getattr(args, "check", None) is not None:  # the task's own input checks (see `_eval_task`)
+        args.check(args)
     module = importlib.import_module(f"discorep.eval.{args.task}")
     hidden = ("func", "command", "task", "verbose", "debug", "check")
     module.run(**{k: v for k, v in vars(args).items() if k not in hidden})
@@ -233,7 +196,7 @@ def _check_labelled(args):
 
 
 def _eval_task(tasks, name: str, helptext: str, check, size: int = 448, features: str = "c5"):
-    t = tasks.add_parser(name, help=helptext, description=helptext, formatter_class=_Formatter)
+    t = tasks.add_parser(name, help=helptext, description=helptext, formatter_class=A.HelpFormatter)
     _common(t)
     _add_model_args(t, size=size, features=features)
     t.set_defaults(check=check)
@@ -242,7 +205,7 @@ def _eval_task(tasks, name: str, helptext: str, check, size: int = 448, features
 
 def _add_eval_parsers(sub) -> None:
     p = sub.add_parser("eval", help="measure masks and features: objects, foreground, video, knn, linear",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
@@ -287,7 +250,7 @@ def _add_eval_parsers(sub) -> None:
 
 def _add_pretrain_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a backbone (BYOL, DetCon, Odin, R2O); works under torchrun",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--config", required=True,
                    help="YAML config: a path, or the name of a bundled one (e.g. r2o_cpu_demo.yaml)")
@@ -304,7 +267,7 @@ def _add_pretrain_parser(sub) -> None:
 
 def _add_shard_parser(sub) -> None:
     p = sub.add_parser("shard", help="pack images (+ region priors) into webdataset tar shards for large runs",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--images", required=True, type=Path, help="image folder (searched recursively), or the "
                    "folder of the --coco json's images")
@@ -313,8 +276,8 @@ def _add_shard_parser(sub) -> None:
     p.add_argument("--shard-size", type=A.positive_int, default=1000, help="images per shard")
     p.add_argument("--prior", choices=("none", "slic", "felzenszwalb", "grid"), default="none",
                    help="region prior stored with each image (as data.prior)")
-    for flag, name, kind, helptext in _PRIOR_FLAGS:
-        p.add_argument(f"--prior-{flag}", dest=f"prior_{name}", type=_int_or_none if kind == "int?" else kind,
+    for flag, name, kind, helptext in A.PRIOR_FLAGS:
+        p.add_argument(f"--prior-{flag}", dest=f"prior_{name}", type=A.int_or_none if kind == "int?" else kind,
                        default=argparse.SUPPRESS, metavar="X" if kind is float else "N", help=helptext)
     p.add_argument("--workers", type=A.non_negative_int, default=None,
                    help="processes (default: every available core)")
@@ -323,7 +286,7 @@ def _add_shard_parser(sub) -> None:
 
 def _add_discover_parser(sub) -> None:
     p = sub.add_parser("discover", help="segment every image of a folder with k-means over a network's features",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
@@ -341,8 +304,8 @@ def _add_discover_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="discorep", formatter_class=_Formatter,
+    parser = A.Parser(
+        prog="discorep", formatter_class=A.HelpFormatter,
         description="Object-centric self-supervised pretraining: discover objects, learn to represent them.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also DISCOREP_DEBUG=1)")
@@ -351,14 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_parser(sub)
 
     p = sub.add_parser("make-data", help="generate the demo/test data (scenes, videos, photos); no network",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--out", default="data/demo", type=Path, help="output folder")
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.set_defaults(func=_cmd_make_data)
 
     p = sub.add_parser("study", help="pretrain several methods under one budget, evaluate all, write a report",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--config", required=True, help="study YAML: a path or a bundled name (e.g. study_cpu.yaml)")
     p.add_argument("--quick", action="store_true", help="the small variant in the file's quick: section")
@@ -371,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parsers(sub)
 
     p = sub.add_parser("export", help="export the online backbone for torchvision, timm, detectron2 or mmseg",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--to", required=True, choices=("torchvision", "timm", "detectron2", "mmseg"),
@@ -380,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="the main job: build demo data, pretrain R2O on CPU, write a run folder",
-                       formatter_class=_Formatter)
+                       formatter_class=A.HelpFormatter)
     _common(p)
     p.add_argument("--config", default=DEMO_CONFIG, help="demo config: a path or a bundled name")
     p.add_argument("--data", default="data/demo", type=Path, help="demo data folder (generated if missing)")

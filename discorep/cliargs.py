@@ -17,6 +17,44 @@ from discorep.runs import ensure_writable_dir
 MIN_SIZE = 32  # the coarsest feature map (C5) has stride 32: smaller inputs have no feature grid
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except where there is nothing to say (flags, required options, None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.required or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """A bad argument is one line naming it (argparse would print the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# --prior-* flags of `discorep shard`: (flag, parameter of data.prior_params, type, help)
+PRIOR_FLAGS = (
+    ("n-segments", "n_segments", int, "slic: number of superpixels (default 100)"),
+    ("compactness", "compactness", float, "slic: compactness (default 10)"),
+    ("resize", "resize", "int?", "slic: side of the square copy segmented, or 'none' for full size (default 224)"),
+    ("scale", "scale", float, "felzenszwalb: scale (default 1000)"),
+    ("sigma", "sigma", float, "felzenszwalb: Gaussian sigma (default 0.8)"),
+    ("min-size", "min_size", int, "felzenszwalb: minimum segment size in pixels (default 1000)"),
+    ("max-side", "max_side", "int?", "felzenszwalb: shrink longer sides to this first, or 'none' (default)"),
+    ("n", "n", int, "grid: n x n cells (default 14)"),
+)
+
+
+def int_or_none(text: str) -> int | None:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     value = _number(text, int, "a positive integer")
     if value < 1:

@@ -339,12 +339,7 @@ def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_wo
 
 def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False,
              overwrite: bool = False) -> Path:
-    """Train `cfg` (resuming if asked) and return the run folder.
-
-    Refuses a run folder that holds checkpoints unless `resume` (continue) or `overwrite` (move it aside)
-    is given; a run that fails before its first checkpoint leaves no folder behind (or, when it has a
-    skipped.txt worth reading, one marked FAILED.txt).
-    """
+    """Train `cfg` (resuming if asked) and return the run folder; `engine.startup` says what is refused."""
     startup.check_environment(cfg)
     dist_info = init_distributed(cfg.train.device)
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
@@ -369,9 +364,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         with _stop_on_signals(trainer):
             try:
                 trainer.fit()
-            except TooManyBadImagesError:
-                # Raised between steps, so the weights are those of the last finished step: keep them (a
-                # non-finite loss keeps its own message, which names the last good checkpoint).
+            except TooManyBadImagesError:  # raised between steps: keep the steps done
                 trainer.save_if_unsaved()
                 raise
         return run_dir

@@ -46,6 +46,11 @@ def test_no_progress_bar_when_output_is_not_a_terminal(tmp_path, capsys):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "in" / f"{i}.png")
     assert main(["discover", "--checkpoint", "random:resnet18", "--images", str(tmp_path / "in"), "--out",
                  str(tmp_path / "o"), "--k", "2", "--size", "64", "--features", "c4"]) == 0
+    from discorep.data.demo import make_scenes
+
+    make_scenes(tmp_path / "scenes", 3, seed=4, image_size=(64, 64))
+    assert main(["eval", "objects", "--checkpoint", "random:resnet18", "--coco", str(tmp_path / "scenes" / "annotations.json"),
+                 "--images", str(tmp_path / "scenes" / "images"), "--k", "2", "--size", "64", "--features", "c4"]) == 0
     captured = capsys.readouterr()
     assert "img/s" not in captured.err + captured.out and "\r" not in captured.err  # captured: not a TTY
 
