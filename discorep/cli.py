@@ -254,7 +254,8 @@ def _add_pretrain_parser(sub) -> None:
     _common(p)
     p.add_argument("--config", required=True,
                    help="YAML config: a path, or the name of a bundled one (e.g. r2o_cpu_demo.yaml)")
-    p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of the run folder) or a checkpoint path")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (latest checkpoint of this config's run folder), a checkpoint, or a run folder")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume even if the config differs from the checkpoint's (the differing keys are listed)")
     p.add_argument("--overwrite", action="store_true",

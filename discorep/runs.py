@@ -69,7 +69,7 @@ def _what_exists(path: Path) -> str:
     return "no checkpoints found near it; train one with `discorep pretrain` or use random:<arch> (e.g. random:resnet18)"
 
 
-def resolve_checkpoint(spec: str | Path) -> str:
+def resolve_checkpoint(spec: str | Path, flag: str = "--checkpoint") -> str:
     """`spec` as a checkpoint file path (or the `random:` spec unchanged); raises CheckpointError.
 
     A run folder means its latest checkpoint; so does its ``checkpoints/`` folder. A missing file's error
@@ -82,11 +82,11 @@ def resolve_checkpoint(spec: str | Path) -> str:
     if path.is_dir():
         found = list_checkpoints(path) or list_checkpoints(path / "checkpoints")
         if not found:
-            raise CheckpointError(f"--checkpoint {text}: the folder holds no checkpoints (checkpoints/step_*.pt); "
+            raise CheckpointError(f"{flag} {text}: the folder holds no checkpoints (checkpoints/step_*.pt); "
                                   "has the run saved one yet?")
         return str(found[-1][1])
     if not path.exists():
-        raise CheckpointError(f"--checkpoint {text}: no such file; {_what_exists(path)}")
+        raise CheckpointError(f"{flag} {text}: no such file; {_what_exists(path)}")
     return text
 
 

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from discorep.engine import builders, startup
 from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint, load_weights,
-                                        prune_checkpoints, save_checkpoint, set_rng_state)
+                                        prune_checkpoints, resolve_checkpoint, save_checkpoint, set_rng_state)
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, shutdown
@@ -317,10 +317,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         return latest_checkpoint(run_dir)
-    path = Path(resume)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
+    return Path(resolve_checkpoint(resume, "--resume"))  # a file, or a run folder's latest
 
 
 def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_world: int | None = None,

@@ -224,3 +224,16 @@ def test_a_run_that_logged_steps_but_no_checkpoint_is_kept_and_marked(outcome, s
     assert "non-finite loss" in (run_dir / "FAILED.txt").read_text()
     outcome("fault", "a run that fails after logging steps, before its first checkpoint",
             "folder kept with FAILED.txt naming the error (logs never deleted)")
+
+
+def test_resume_takes_a_run_folder_and_a_missing_file_lists_what_exists(outcome, scenes, tmp_path):
+    from discorep.checkpoint import CheckpointError
+
+    run_dir = pretrain(tiny_config("byol", scenes / "images", tmp_path, {"train": {"max_steps": 2}}))
+    longer = tiny_config("byol", scenes / "images", tmp_path, {"train": {"max_steps": 3}})
+    with pytest.raises(CheckpointError, match=r"--resume .*step_00000009.pt: no such file; .* holds step_00000002.pt"):
+        pretrain(longer, resume=str(run_dir / "checkpoints" / "step_00000009.pt"))
+    pretrain(longer, resume=str(run_dir))  # the folder = its latest checkpoint
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 3 and sorted(losses_by_step(run_dir)) == [1, 2, 3]
+    outcome("checkpoint", "--resume RUN_FOLDER / --resume a step that does not exist",
+            "resumes from the latest; a missing one lists the checkpoints that exist")
