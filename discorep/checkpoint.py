@@ -19,40 +19,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-_NAME_RE = re.compile(r"^step_(\d+)\.pt$")
+from discorep.runs import (CheckpointError, checkpoint_path, current_umask, latest_checkpoint,  # noqa: F401
+                           list_checkpoints as _list_checkpoints, resolve_checkpoint)
+
 _TEMP_RE = re.compile(r"^\.step_\d+\.pt\..+\.tmp$")  # what `_write_atomic` names its temp files
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the file and what to do."""
-
-
 # ----------------------------------------------------------------------------------------------- layout
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    """``run_dir/checkpoints/step_{step:08d}.pt``."""
-    if step < 0:
-        raise ValueError(f"checkpoint step must be >= 0, got {step}")
-    return Path(run_dir) / "checkpoints" / f"step_{int(step):08d}.pt"
-
-
-def _list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """(step, path) of complete checkpoints in ``directory``, oldest first; temp files never match."""
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        match = _NAME_RE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The checkpoint with the highest step in ``run_dir/checkpoints``, or None if there is none."""
-    found = _list_checkpoints(Path(run_dir) / "checkpoints")
-    return found[-1][1] if found else None
+# checkpoint_path, latest_checkpoint and resolve_checkpoint live in the torch-free `discorep.runs`.
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int = 3) -> list[Path]:
@@ -107,6 +81,8 @@ def _write_atomic(data: memoryview, path: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; the final file gets what open() would give it (0666 minus the umask).
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -26,8 +26,11 @@ def test_demo_pretrains_and_measures_masks_against_random(tmp_path, capsys):
     report = json.loads((run_dir / "demo_eval.json").read_text())
     assert [r["set"] for r in report["rows"]] == ["held-out scenes", "real-photo composites"]
     for row in report["rows"]:
-        trained, random = row["ABO_i trained"], row["ABO_i random"]
-        assert 0 < trained < 1 and 0 < random < 1 and math.isclose(row["gain (points)"], 100 * (trained - random))
+        trained, random = row["ABO_i trained (%)"], row["ABO_i random (%)"]  # percent everywhere
+        assert 0 < trained < 100 and 0 < random < 100 and math.isclose(row["gain (points)"], trained - random)
+        shown = f"{trained:.1f}  {random:.1f}"  # the printed table: one decimal, the gain signed
+        assert any(line.split()[-3:] == [f"{trained:.1f}", f"{random:.1f}", f"{trained - random:+.1f}"]
+                   for line in out.splitlines()), (shown, out)
     assert report["checkpoint"].endswith("step_00000002.pt")
     # The config's data/demo/pretrain_mix is moved under the demo data folder actually used.
     used = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]

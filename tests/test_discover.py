@@ -63,10 +63,15 @@ def test_npz_keys_shapes_and_dtypes_follow_original_upright_size(folder, result)
                 "rotated": (70, 60)}  # EXIF 6 swaps the stored 70x60 (W x H) to upright 60x70
     for name, shape in expected.items():
         data = np.load(out / f"{name}.npz")
-        assert sorted(data.files) == sorted(f"labels_k{k}" for k in (1, 2, 4, 8, 16, 64))
-        for key in data.files:
+        labels = [f"labels_k{k}" for k in (1, 2, 4, 8, 16, 64)]
+        assert sorted(data.files) == sorted([*labels, "ks", "k_effective"])
+        for key in labels:
             assert data[key].shape == shape and data[key].dtype == np.int32
-        assert Image.open(out / f"{name}.png").size == (shape[1], shape[0])  # overlay at original size
+        # c4 at size 64 is a 4x4 grid: K=64 is clamped to 16 points, and the npz says so
+        assert data["ks"].tolist() == [1, 2, 4, 8, 16, 64] and data["k_effective"].tolist() == [1, 2, 4, 8, 16, 16]
+        assert len(np.unique(data["labels_k64"])) <= 16
+        png = Image.open(out / f"{name}.png")
+        assert png.size == (shape[1], shape[0]) and png.text["overlay_k"] == "8"  # original size, K named
     assert summary["written"] == 6 and summary["skipped"] == 0 and summary["grid"] == [4, 4]
     assert (out / "skipped.txt").read_text() == ""
     saved = json.loads((out / "discover.json").read_text())

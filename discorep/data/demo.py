@@ -250,7 +250,9 @@ def make_scenes(
     for stale in img_dir.glob("scene_*.png"):
         stale.unlink()
     images, anns = [], []
-    for i in tqdm(range(n_images), desc=f"scenes {out_dir.name}", disable=n_images < 64, leave=False):
+    # disable=None: no bar when stderr is not a terminal (no progress debris in logs)
+    for i in tqdm(range(n_images), desc=f"scenes {out_dir.name}", disable=True if n_images < 64 else None,
+                  leave=False):
         img, objs, owner = _scene(np.random.default_rng((seed, i)), h, w, min_objects, max_objects, style)
         name = f"scene_{i:06d}.png"
         Image.fromarray(img).save(img_dir / name)
@@ -337,7 +339,7 @@ def make_videos(
     h, w = image_size
     out_dir = Path(out_dir)
     palette, names = davis_palette(), []
-    for v in tqdm(range(n_videos), desc="videos", disable=n_videos < 4, leave=False):
+    for v in tqdm(range(n_videos), desc="videos", disable=True if n_videos < 4 else None, leave=False):
         rng = np.random.default_rng((seed, v))
         frames, labels = _video(rng, h, w, n_frames, int(rng.integers(lo, hi + 1)))
         name = f"demo-{v:03d}"

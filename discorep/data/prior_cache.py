@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from discorep.data.priors import PriorError, compute_prior, resolve_params
+from discorep.errors import Interrupted
 
 __all__ = ["CACHE_VERSION", "BuildStats", "PriorCacheWarning", "RegionPriorCache", "default_loader"]
 
@@ -68,6 +69,10 @@ class BuildStats:
     @property
     def failed(self) -> int:
         return len(self.failures)
+
+    def __str__(self) -> str:  # what the logs show (the dataclass repr lists every failure)
+        return (f"{self.loaded} loaded, {self.computed} computed, {self.recomputed_corrupt} recomputed (corrupt), "
+                f"{self.failed} unreadable")
 
     def record(self, outcome: str, key: str, detail: str = "") -> None:
         if outcome == "failed":
@@ -167,12 +172,18 @@ class RegionPriorCache:
         self.clean_temp()
         run = BuildStats()
         workers = _resolve_workers(num_workers, len(items))
-        with tqdm(total=len(items), disable=not progress, desc=f"prior {self.directory.name}",
+        # disable=None as well: no bar when stderr is not a terminal (no progress debris in logs)
+        with tqdm(total=len(items), disable=None if progress else True, desc=f"prior {self.directory.name}",
                   unit="img") as bar:
-            for outcomes in self._run(items, workers):
-                for outcome, key, detail in outcomes:
-                    self._report(outcome, key, detail, run, self.stats)
-                bar.update(len(outcomes))
+            try:
+                for outcomes in self._run(items, workers):
+                    for outcome, key, detail in outcomes:
+                        self._report(outcome, key, detail, run, self.stats)
+                    bar.update(len(outcomes))
+            except KeyboardInterrupt:
+                done = run.loaded + run.computed + run.recomputed_corrupt
+                raise Interrupted(f"interrupted during the region-prior build: {done} of {len(items)} images are "
+                                  f"cached in {self.directory}; rerun to continue (only the rest is computed)") from None
         if run.failed:
             log.warning("%d of %d images failed in prior build (first: %s)", run.failed, len(items),
                         run.failures[0])
@@ -201,9 +212,16 @@ class RegionPriorCache:
         size = max(1, min(32, math.ceil(len(items) / (workers * 4))))
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         spec = (str(self.cache_root), self.prior, self.params, self.loader)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        try:
             for fut in as_completed([pool.submit(_build_chunk, spec, c) for c in chunks]):
                 yield fut.result()
+        except BaseException:
+            # Ctrl-C / SIGTERM: `with pool` would wait for every queued chunk (hours on ImageNet). Cancel
+            # them and stop the workers; files are written atomically, so what is cached stays valid.
+            _abandon(pool)
+            raise
+        pool.shutdown()
 
     def _ensure(self, key: str, image_path: str) -> tuple[str, str, str]:
         """(outcome, key, detail) for one item; never raises for a bad image."""
@@ -287,6 +305,18 @@ def _atomic_write(target: Path, write: Callable[[Any], Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: queued work cancelled, running workers terminated (no public API for the latter)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(timeout=5)
 
 
 def _build_chunk(spec: tuple[str, str, dict[str, Any], Loader],

@@ -115,7 +115,7 @@ def write_shards(images: str | os.PathLike, out: str | os.PathLike, *, coco: str
             (out / INDEX_NAME).unlink(missing_ok=True)
         encode = functools.partial(_encode, prior=prior, params=params)
         with tqdm(total=sum(len(chunks[k]) for k in pending), desc=f"shard {out.name}", unit="img",
-                  disable=not progress) as bar, _mapper(workers, shard_size) as run:
+                  disable=None if progress else True) as bar, _mapper(workers, shard_size) as run:
             for k in pending:
                 records[k] = _write_shard(out, k, run(encode, chunks[k]), sources[k], bar)
         return _finish(out, images, coco, inputs, shard_size, prior, params, records, len(pending))

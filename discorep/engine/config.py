@@ -22,7 +22,8 @@ class DataConfig:
     ann_file: Optional[str] = None  # COCO json (kind=coco); images under `root`
     shards: Optional[str] = None  # kind=shards: a `discorep shard` folder or its index.json (root unused)
     num_workers: int = 2
-    max_bad_fraction: float = 0.01  # a run fails if more of the data set than this is unreadable
+    max_bad_fraction: float = 0.01  # a run fails if more of the data set than this is unreadable ...
+    max_bad_images: int = 5  # ... and more images than this (a few bad files never stop a small data set)
     prior: Literal["none", "slic", "felzenszwalb", "grid"] = "none"
     # Ints stay ints and null stays null (e.g. SLIC's `resize: null` = full resolution, as written by
     # `discorep shard --prior-resize none`); each prior checks its own parameters at config load.
@@ -55,6 +56,8 @@ class DataConfig:
                 raise ConfigError(f"data.prior_params: {err}") from None
         elif self.prior_params:
             raise ConfigError(f"data.prior_params {sorted(self.prior_params)} given but data.prior is 'none'")
+        if self.max_bad_images < 0:
+            raise ConfigError(f"data.max_bad_images must be >= 0, got {self.max_bad_images}")
 
 
 @dataclass
@@ -132,6 +135,23 @@ class OptimConfig:
     final_lr: float = 0.0
     clip_grad: Optional[float] = None
     tau_base: float = 0.99  # EMA τ from tau_base to 1 by cosine (BYOL option: 0.996)
+
+    def validate(self) -> None:
+        # Caught here, at config load, rather than by the optimizer's constructor after the data is built.
+        # 0 is allowed: a frozen run (e.g. checking that model.init weights arrive unchanged).
+        if not self.base_lr >= 0:
+            raise ConfigError(f"optim.base_lr must be >= 0, got {self.base_lr}")
+        for key in ("weight_decay", "final_lr", "warmup_epochs"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if not self.eta > 0:
+            raise ConfigError(f"optim.eta must be > 0, got {self.eta}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ConfigError(f"optim.clip_grad must be > 0 or null, got {self.clip_grad}")
+        if not 0.0 <= self.tau_base <= 1.0:
+            raise ConfigError(f"optim.tau_base must be in [0, 1], got {self.tau_base}")
 
 
 @dataclass

@@ -45,3 +45,33 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf
     return value
+
+
+class ExpectedDuration:
+    """Says once, after the first `after` timed steps, how long the rest of the run should take.
+
+    The first step of a (re)started run is not timed: it carries one-off costs (allocation, data workers
+    starting). Epoch-end pictures and probes are not in the estimate, so it is a lower bound.
+    """
+
+    def __init__(self, start_step: int, end_step: int, after: int = 5, enabled: bool = True):
+        self.start, self.end, self.after, self.enabled = start_step, end_step, after, enabled
+        self.t_first: float | None = None
+        self.message: str | None = None
+
+    def update(self, step: int) -> str | None:
+        """Call after each step; returns (and keeps) the message the one time it is ready."""
+        if not self.enabled or self.message is not None:
+            return None
+        now = time.perf_counter()
+        if step == self.start + 1:
+            self.t_first = now
+            return None
+        timed = step - self.start - 1
+        if self.t_first is None or timed < self.after:
+            return None
+        per_step = (now - self.t_first) / timed
+        remaining = self.end - step
+        self.message = (f"{timed} steps timed: {per_step:.2f} s/step; expect about {remaining * per_step / 60:.1f} min "
+                        f"for the remaining {remaining} steps (plus per-epoch pictures and probes)")
+        return self.message

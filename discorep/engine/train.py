@@ -14,15 +14,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from discorep.engine import builders
+from discorep.engine import builders, startup
 from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint, load_weights,
-                                        prune_checkpoints, save_checkpoint, set_rng_state)
+                                        prune_checkpoints, resolve_checkpoint, save_checkpoint, set_rng_state)
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
-from discorep.engine.logger import RunLogger
+from discorep.engine.logger import ExpectedDuration, RunLogger
 from discorep.engine.optim import clip_grad_norm
 from discorep.engine.periodic_eval import PeriodicEval
+from discorep.engine.startup import RunFolderError, TooManyBadImagesError  # noqa: F401 (re-exported)
 from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
@@ -38,10 +39,6 @@ RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "tra
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class TooManyBadImagesError(RuntimeError):
     pass
 
 
@@ -133,6 +130,11 @@ class Trainer:
         prune_checkpoints(self.run_dir, keep_last=self.cfg.train.keep_last)
         self.last_checkpoint = path
         return path
+
+    def save_if_unsaved(self) -> None:
+        last = getattr(self, "last_checkpoint", None) or latest_checkpoint(self.run_dir)
+        if self.step > 0 and (last is None or last != checkpoint_path(self.run_dir, self.step)):
+            self.save()
 
     # ----- one step -----
     def info(self) -> StepInfo:
@@ -245,11 +247,7 @@ class Trainer:
                 if self.dist.is_main:
                     with open(self.run_dir / "skipped.txt", "a") as f:
                         f.write(f"{path}\t{reason}\n")
-        limit = self.cfg.data.max_bad_fraction * len(self.dataset)
-        if len(self.skipped) > limit:
-            raise TooManyBadImagesError(
-                f"{len(self.skipped)} of {len(self.dataset)} images are unreadable (more than "
-                f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}); see {self.run_dir / 'skipped.txt'}")
+        startup.check_bad_count(self.cfg, len(self.skipped), len(self.dataset), self.run_dir)
 
     @contextmanager
     def looking(self):
@@ -299,6 +297,7 @@ class Trainer:
             self.pictures("epoch_000")
         loader, _ = builders.build_loader(self.cfg, self.dataset, self.dist, self.step, self.end_step)
         bar = _progress(self.cfg.train.progress and self.dist.is_main, self.step, self.end_step)
+        expected = ExpectedDuration(self.step, self.end_step, enabled=self.dist.is_main)
         tic = time.perf_counter()
         for batch in loader:
             self.record_skips(batch)
@@ -307,6 +306,8 @@ class Trainer:
             batch = builders.to_device(batch, self.dist.device)
             loss, logs, lr = self.guarded_step(batch)
             self.step += 1
+            if expected.update(self.step):
+                log.info("%s", expected.message)
             toc = time.perf_counter()
             img_s = batch["size"] * self.dist.world_size / max(toc - tic, 1e-9)
             tic = toc
@@ -339,7 +340,8 @@ def _progress(enabled: bool, start: int, end: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain")
+    # disable=None: no bar when stdout is not a terminal (logs stay free of progress-bar debris)
+    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain", disable=None)
 
 
 def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
@@ -347,10 +349,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         return latest_checkpoint(run_dir)
-    path = Path(resume)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
+    return Path(resolve_checkpoint(resume, "--resume"))  # a file, or a run folder's latest
 
 
 def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_world: int | None = None,
@@ -367,15 +366,21 @@ def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_wo
                           "Use the same config, or pass --allow-config-change to resume anyway.")
 
 
-def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False) -> Path:
-    """Train `cfg` (resuming if asked) and return the run folder."""
+def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False,
+             overwrite: bool = False) -> Path:
+    """Train `cfg` (resuming if asked) and return the run folder; `engine.startup` says what is refused."""
+    startup.check_environment(cfg)
     dist_info = init_distributed(cfg.train.device)
+    run_dir = Path(cfg.train.out_dir) / cfg.train.name
+    created = False
     try:
-        run_dir = Path(cfg.train.out_dir) / cfg.train.name
         ckpt_path = resolve_resume(run_dir, resume)
+        startup.claim_run_dir(run_dir, resume, overwrite, dist_info)
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
-        trainer = Trainer(cfg, dist_info, run_dir)
+        with startup.interrupt_on_sigterm():  # the region-prior build can take hours: Ctrl-C/SIGTERM stop it
+            trainer = Trainer(cfg, dist_info, run_dir)
         if ckpt_path is None:  # a resumed run's weights come from its checkpoint
             builders.init_backbone(cfg, trainer.method)
         if ckpt_path is not None:
@@ -384,11 +389,20 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
                                 dist_info.world_size)
             trainer.load_state_dict(state, ckpt_path)
             log.info("resumed from %s at step %d", ckpt_path, trainer.step)
+        startup.check_bad_images(trainer)
         if dist_info.is_main:
             save_config(cfg, run_dir / "config.yaml")
         with _stop_on_signals(trainer):
-            trainer.fit()
+            try:
+                trainer.fit()
+            except TooManyBadImagesError:  # raised between steps: keep the steps done
+                trainer.save_if_unsaved()
+                raise
         return run_dir
+    except BaseException as err:
+        if created and dist_info.is_main:
+            startup.clean_failed_run(run_dir, err)
+        raise
     finally:
         shutdown()
 

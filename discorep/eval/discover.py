@@ -19,8 +19,15 @@ Output layout (under `out/`), mirroring the input folder so that names are uniqu
   "K=<overlay_k>" written in its top-left corner, at the
   original size; images whose long side exceeds `OVERLAY_MAX_SIDE` are drawn downscaled to that
   side (the npz is always full size), which keeps huge scans from producing huge pictures.
+  The npz also holds `ks` (the requested K) and `k_effective` (what each was clamped to, if it was).
+  The overlay says which K it draws: "K=<k>" in its top-left corner (images at least 48 px wide) and in
+  the PNG text field `overlay_k`.
 * `skipped.txt` — one `<relative path>\\t<reason>` line per unreadable image (empty when none).
 * `discover.json` — the settings and counts (also returned by `run_discover`).
+
+Every file is written under a temporary name and renamed, the npz last: an interrupted or failed run
+(Ctrl-C, a full disk) leaves only complete outputs, and the same command run again skips the images
+whose npz exists when `discover.json` records the same settings, so it continues where it stopped.
 
 Seeds are per image, derived from `seed` and a hash of the image's relative path, so an image's
 segmentation depends neither on the batch size nor on which other images are in the folder.
@@ -39,11 +46,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from discorep.checkpoint import CheckpointError
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
-from discorep.errors import UsageError
+from discorep.errors import Interrupted, UsageError
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
 from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine
@@ -124,18 +132,8 @@ def _load_batch(jobs: list[_Job], size: int, skipped: list[tuple[_Job, str]]):
     return kept, pics, tensors
 
 
-def _name_k(picture: Image.Image, k: int) -> Image.Image:
-    """Write "K=<k>" on a dark box in the top-left corner, so a picture says which K it shows."""
-    draw = ImageDraw.Draw(picture)
-    text = f"K={k}"
-    x0, y0, x1, y1 = draw.textbbox((2, 2), text)
-    draw.rectangle((0, 0, x1 + 2, y1 + 2), fill=(0, 0, 0))
-    draw.text((2, 2), text, fill=(255, 255, 255))
-    return picture
-
-
 def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor, k: int) -> Image.Image:
-    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE; K written on it."""
+    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE, labelled "K=k"."""
     w, h = img.size
     scale = min(1.0, OVERLAY_MAX_SIDE / max(w, h))
     if scale < 1.0:
@@ -143,7 +141,23 @@ def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor, k: int) -> Ima
         img = img.resize((w, h), Image.BICUBIC)
     # Upsampling the grid straight to the picture size equals downscaling the full-size map (nearest).
     labels = upsample_nearest(grid_labels, h, w).astype(np.int64)
-    return _name_k(Image.fromarray(overlay(np.asarray(img), labels)), k)
+    picture = Image.fromarray(overlay(np.asarray(img), labels))
+    if w >= 48 and h >= 16:  # say which K is drawn, where it fits
+        draw = ImageDraw.Draw(picture)
+        draw.rectangle((0, 0, 6 * len(f"K={k}") + 3, 12), fill=(0, 0, 0))
+        draw.text((2, 1), f"K={k}", fill=(255, 255, 255))
+    return picture
+
+
+def _replace_atomically(target: Path, write) -> None:
+    """`write(tmp)` then rename onto `target`: a reader (or a rerun) never sees a half-written file."""
+    tmp = target.parent / f".{target.name}.tmp"
+    try:
+        write(tmp)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torch.Tensor],
@@ -152,12 +166,18 @@ def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torc
     target = out / job.name
     target.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"labels_k{k}": upsample_nearest(grids[k], h, w) for k in ks}
-    # Write to a temporary name first so an interrupted run never leaves a truncated npz behind.
-    tmp = target.parent / f".{target.name}.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    tmp.replace(target.parent / f"{target.name}.npz")
-    _overlay_picture(img, grids[overlay_k], overlay_k).save(target.parent / f"{target.name}.png")
+    arrays["ks"] = np.asarray(ks, dtype=np.int32)
+    arrays["k_effective"] = np.asarray([min(k, grids[k].numel()) for k in ks], dtype=np.int32)
+    info = PngInfo()
+    info.add_text("overlay_k", str(overlay_k))
+    picture = _overlay_picture(img, grids[overlay_k], overlay_k)
+    _replace_atomically(target.parent / f"{target.name}.png", lambda t: picture.save(t, format="PNG", pnginfo=info))
+
+    def _savez(t: Path) -> None:
+        with open(t, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    _replace_atomically(target.parent / f"{target.name}.npz", _savez)  # last: its presence means "done"
 
 
 def _log_clamping(ks: list[int], grid: tuple[int, int]) -> list[int]:
@@ -182,6 +202,51 @@ def _write_skipped(out: Path, images: Path, skipped: list[tuple[_Job, str]]) -> 
     (out / "skipped.txt").write_text("".join(lines))
 
 
+# What must match for a rerun to keep the outputs of an earlier one.
+_SETTINGS = ("checkpoint", "ks", "size", "features", "overlay_k", "seed", "refine", "padding")
+
+
+def _earlier_summary(out: Path) -> dict:
+    try:
+        earlier = json.loads((out / "discover.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
+
+
+def _already_done(out: Path, jobs: list[_Job], settings: dict, earlier: dict) -> set[str]:
+    """Names whose npz an earlier run with the same settings completed (none if the settings differ)."""
+    if not earlier or any(earlier.get(key) != settings[key] for key in _SETTINGS):
+        return set()
+    return {j.name for j in jobs if (out / f"{j.name}.npz").is_file() and (out / f"{j.name}.png").is_file()}
+
+
+def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, batch_size: int,
+                 cluster_ks: list[int], counts: dict, skipped: list[tuple[_Job, str]], refiner: Refine,
+                 regions: list[int]) -> tuple[int, int] | None:
+    """Segment and write every job, counting into `counts` (and each image's superpixel count into
+    `regions` when refining); returns the feature grid (None if nothing ran)."""
+    grid = None
+    with tqdm(total=len(jobs), desc="discover", unit="img", disable=None) as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            kept, pics, tensors = _load_batch(chunk, settings["size"], skipped)
+            if kept:
+                ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
+                labels = segment_batch(model, torch.stack(tensors), cluster_ks, settings["features"],
+                                       seed=settings["seed"], image_ids=ids, refine=refiner,
+                                       padding=settings["padding"], regions_out=regions)
+                if grid is None and not refiner.active:
+                    grid = tuple(labels[cluster_ks[0]].shape[1:])
+                    _log_clamping(settings["ks"], grid)
+                for b, (job, img) in enumerate(zip(kept, pics)):
+                    _write_outputs(out, job, img, {k: v[b] for k, v in labels.items()}, settings["ks"],
+                                   settings["overlay_k"])
+                    counts["written"] += 1
+            bar.update(len(chunk))
+    return grid
+
+
 def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: str = "1,2,4,8,16,32,64,128",
                  size: int = 448, features: str = "c5", overlay_k: int | None = None, device: str = "auto",
                  batch_size: int = 8, seed: int = 0, refine: str = "slic", superpixels: int = DEFAULT_SUPERPIXELS,
@@ -197,44 +262,54 @@ def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: st
     jobs = plan_jobs(images, out)
     dev = resolve_device(device)
     model = load_model_for_discover(checkpoint, dev)
-    out.mkdir(parents=True, exist_ok=True)
-
+    settings = {"checkpoint": str(checkpoint), "ks": k_list, "size": size, "features": features,
+                "overlay_k": draw_k, "seed": seed, "refine": refiner.settings(), "padding": padding}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot write --out {out}: {err.strerror or err}") from None
+    earlier = _earlier_summary(out)
+    done = _already_done(out, jobs, settings, earlier)
+    if done:
+        log.info("discover: %d of %d images already done by an earlier run with these settings; continuing",
+                 len(done), len(jobs))
+    todo = [j for j in jobs if j.name not in done]
+    summary = {**settings, "arch": model.arch, "images": str(images), "grid": None, "clamped_ks": [],
+               "device": str(dev), "batch_size": batch_size, "overlay_max_side": OVERLAY_MAX_SIDE,
+               "found": len(jobs), "written": 0, "kept_from_earlier_run": len(done), "skipped": 0,
+               "complete": False}
+    counts = {"written": 0}
     skipped: list[tuple[_Job, str]] = []
-    grid: tuple[int, int] | None = None
-    written, regions = 0, []
-    with tqdm(total=len(jobs), desc="discover", unit="img") as bar:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            kept, pics, tensors = _load_batch(chunk, size, skipped)
-            if kept:
-                ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
-                labels = segment_batch(model, torch.stack(tensors), cluster_ks, features, seed=seed, image_ids=ids,
-                                       refine=refiner, padding=padding, regions_out=regions)
-                if grid is None and not refiner.active:
-                    grid = tuple(labels[cluster_ks[0]].shape[1:])
-                    _log_clamping(k_list, grid)
-                for b, (job, img) in enumerate(zip(kept, pics)):
-                    _write_outputs(out, job, img, {k: v[b] for k, v in labels.items()}, k_list, draw_k)
-                    written += 1
-            bar.update(len(chunk))
-
+    regions: list[int] = []
+    try:
+        _write_json(out / "discover.json", summary)  # the settings first: a rerun after a stop continues
+        grid = _segment_all(model, todo, out, settings, batch_size, cluster_ks, counts, skipped, refiner, regions)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {len(done) + counts['written']} of {len(jobs)} images done in {out}; "
+                          "rerun the same command to continue") from None
+    except OSError as err:
+        where = err.filename or out
+        raise UsageError(f"cannot write {where}: {err.strerror or err}; {len(done) + counts['written']} of "
+                         f"{len(jobs)} images done (all complete); free space or fix permissions and rerun to "
+                         "continue") from None
     _write_skipped(out, images, skipped)
+    if grid is None and done and not refiner.active:  # nothing new ran: the grid comes from the earlier run
+        grid = tuple(earlier.get("grid") or ()) or None
     over = _clamped(k_list, grid, regions)
     if refiner.active and over:
         log.info("K=%s exceed the fewest superpixel regions of an image (%d); such images get at most one "
                  "segment per region; raise --superpixels for more", ",".join(map(str, over)), min(regions))
-    summary = {
-        "checkpoint": str(checkpoint), "arch": model.arch, "images": str(images), "ks": k_list,
-        "size": size, "features": features, "grid": list(grid) if grid else None,
-        "clamped_ks": _clamped(k_list, grid, regions), "overlay_k": draw_k,
-        "refine": refiner.settings(), "padding": padding,
-        "regions_per_image": [min(regions), max(regions)] if regions else None,
-        "seed": seed, "device": str(dev), "batch_size": batch_size, "overlay_max_side": OVERLAY_MAX_SIDE,
-        "found": len(jobs), "written": written, "skipped": len(skipped),
-    }
-    (out / "discover.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if written == 0:
+    summary.update({"grid": list(grid) if grid else None, "clamped_ks": over,
+                    "regions_per_image": [min(regions), max(regions)] if regions else None,
+                    "written": len(done) + counts["written"], "skipped": len(skipped), "complete": True})
+    _write_json(out / "discover.json", summary)
+    if summary["written"] == 0:
         raise DatasetError(f"none of the {len(jobs)} images under {str(images)!r} could be read "
                            f"(reasons in {out / 'skipped.txt'}); check the files or the folder")
-    log.info("discover: wrote %d segmentations to %s (%d skipped)", written, out, len(skipped))
+    log.info("discover: wrote %d segmentations to %s (%d skipped, %d kept from an earlier run)",
+             counts["written"], out, len(skipped), len(done))
     return summary
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _replace_atomically(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))

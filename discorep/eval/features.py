@@ -92,7 +92,7 @@ def extract_global_features(model: EvalModel, folder: ImageFolder, size: int, fe
 def _encode_all(model: EvalModel, loader: DataLoader, features: str, device, progress: bool):
     feats, indices, skipped = [], [], []
     folder = loader.dataset.folder
-    for index, images, bad in tqdm(loader, desc="features", unit="batch", disable=not progress):
+    for index, images, bad in tqdm(loader, desc="features", unit="batch", disable=None if progress else True):
         for i, reason in bad:
             path = str(folder.paths[i])
             log.warning("skipping %s: %s", path, reason)

@@ -127,7 +127,7 @@ def evaluate_foreground(model: EvalModel, truth: Dataset, k: int, size: int, fea
     per_image, skipped = [], []
     loader = DataLoader(_Items(truth, size), batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(truth)))
-    with tqdm(total=len(truth), desc="foreground", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(truth), desc="foreground", unit="img", disable=None if progress else True) as bar:
         for batch in loader:
             skipped += [{"path": b["path"], "reason": b["skip"]} for b in batch if "skip" in b]
             good = [b for b in batch if "skip" not in b]

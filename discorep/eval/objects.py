@@ -86,7 +86,7 @@ def evaluate_objects(model: EvalModel, dataset: CocoDataset, ks: Sequence[int], 
     per_image, skipped = [], []
     loader = DataLoader(_Items(dataset, size, filter_small), batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(dataset)))
-    with tqdm(total=len(dataset), desc="objects", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(dataset), desc="objects", unit="img", disable=None if progress else True) as bar:
         for batch in loader:
             skipped += [{k: b[k] for k in ("path", "skip", "reason")} for b in batch if "skip" in b]
             good = [b for b in batch if "skip" not in b]

@@ -11,11 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from discorep.errors import UsageError
+
 
 def resolve_device(device: str) -> torch.device:
     """"auto" → cuda when available, else cpu; anything else is passed to torch."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+                         "use --device cpu, or auto to take a GPU when there is one")
     return torch.device(device)
 
 

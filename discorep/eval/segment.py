@@ -43,7 +43,10 @@ PADDINGS = ("zeros", "replicate")  # how the encoder's convolutions pad (see the
 
 def parse_ks(text: str | Sequence[int]) -> list[int]:
     """"1,2,4" → [1, 2, 4]; each K a positive integer."""
-    values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    try:
+        values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    except (TypeError, ValueError):
+        values = []  # "abc", "1,,2": the same message as K < 1
     if not values or any(k < 1 for k in values):
         raise UsageError(f"--k must be a comma-separated list of positive integers, got {text!r}")
     return values

@@ -226,7 +226,7 @@ def predict_sequence(model: EvalModel, frames: list[Path], first: np.ndarray, *,
     prop = None
     stream = encode_frames(model, frames, size=size, features=features, device=device, batch_size=batch_size)
     for t, feats in enumerate(tqdm(stream, total=len(frames), desc=desc, unit="frame", leave=False,
-                                disable=not progress)):
+                                disable=None if progress else True)):
         if prop is None:
             seed = seed_distribution(first, ids, tuple(feats.shape[-2:]))
             prop = Propagator(feats, seed, topk=topk, context=context, radius=radius, temperature=temperature)
@@ -263,7 +263,7 @@ def evaluate_video(model: EvalModel, davis: Path, *, size: int, features: str, d
     _check_options(size, batch_size, topk, context, radius, temperature)
     davis = Path(davis)
     scores, skipped = {}, []
-    for seq in tqdm(list_sequences(davis), desc="sequences", unit="seq", disable=not progress):
+    for seq in tqdm(list_sequences(davis), desc="sequences", unit="seq", disable=None if progress else True):
         frames, labels = read_sequence(davis, seq)
         pred = predict_sequence(model, frames, labels[0], size=size, features=features, device=device,
                                 batch_size=batch_size, topk=topk, context=context, radius=radius,

@@ -38,7 +38,7 @@ from discorep.errors import UsageError
 from discorep.export.converters import CONVERTERS
 from discorep.models.backbones import ARCHS
 
-__all__ = ["TARGETS", "export_backbone", "online_backbone"]
+__all__ = ["TARGETS", "export_backbone", "online_backbone", "placeholder_note"]
 
 TARGETS = tuple(CONVERTERS)
 _PREFIX = "encoder.backbone."  # the FPN (encoder.fpn.*) and the projector (projector.*) are dropped
@@ -53,11 +53,21 @@ def _model_config(state: dict, checkpoint: Path) -> dict:
     return model
 
 
+def _random_backbone(spec: str) -> tuple[OrderedDict[str, Tensor], str, str]:
+    """The `random:<arch>[:<seed>]` baseline's backbone: the very weights `eval` measures as the baseline."""
+    from discorep.eval.backbone import load_model
+
+    model = load_model(spec)
+    return OrderedDict(model.encoder.backbone.state_dict()), model.arch, model.model_config.get("norm", "bn")
+
+
 def online_backbone(checkpoint: str | os.PathLike) -> tuple[OrderedDict[str, Tensor], str, str]:
-    """(backbone weights of the online encoder, arch, norm) of a pretraining checkpoint.
+    """(backbone weights of the online encoder, arch, norm) of a pretraining checkpoint or `random:<arch>`.
 
     Only `online` is read: the target, discovery network, predictor, FPN and projector stay behind.
     """
+    if str(checkpoint).startswith("random:"):
+        return _random_backbone(str(checkpoint))
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)  # weights_only: never executes code from the file
     if not isinstance(state.get("online"), dict):
@@ -78,6 +88,14 @@ def _serialise(payload: dict, to: str) -> bytes:
     else:
         torch.save(payload, buffer)
     return buffer.getvalue()
+
+
+def placeholder_note(to: str) -> str:
+    """What a user must do with the export's zero classifier (empty for toolkits without one)."""
+    if to in ("torchvision", "timm"):
+        return ("the classifier (fc / head) in the file is an all-zero placeholder so that strict loading works: "
+                "replace it with your own head (e.g. model.fc = nn.Linear(in_features, n_classes)) or train it")
+    return ""
 
 
 def export_backbone(*, checkpoint: str | os.PathLike, to: str, out: str | os.PathLike) -> Path:

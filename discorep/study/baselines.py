@@ -30,7 +30,7 @@ def slic_labels(image, n_segments: int, height: int, width: int) -> np.ndarray:
 def slic_objects(coco: CocoDataset, n_segments: Sequence[int], progress: bool = False) -> dict:
     """Mean ABO_i / ABO_c / OR with SLIC regions (all of `n_segments` together) as the proposals."""
     rows, skipped = [], 0
-    for i in tqdm(range(len(coco)), desc=f"SLIC {list(n_segments)}", disable=not progress):
+    for i in tqdm(range(len(coco)), desc=f"SLIC {list(n_segments)}", disable=None if progress else True):
         try:
             item = coco[i]
         except (BadImageError, DatasetError):

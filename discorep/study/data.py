@@ -57,3 +57,15 @@ def study_data(spec: StudySpec) -> dict[str, Path]:
                                                              out / "knn" / "val"),
                 "seg_train": lambda: train / "annotations.json", "seg_val": lambda: val / "annotations.json"}
     return {key: given[key] if key in given else make() for key, make in defaults.items()}
+
+
+def study_data_paths(spec: StudySpec) -> dict[str, Path]:
+    """The paths `study_data` returns, computed without building or checking anything (for --report-only)."""
+    given = {k: Path(v) for k, v in vars(spec.data).items() if v is not None}
+    demo, out = Path(spec.demo_data), Path(spec.out_dir)
+    defaults = {"train_images": demo / "scenes_train" / "images",
+                "val_coco": demo / "scenes_val" / "annotations.json", "val_images": demo / "scenes_val" / "images",
+                "photo_coco": demo / "photo_objects" / "annotations.json",
+                "photo_images": demo / "photo_objects" / "images", "videos": demo / "videos",
+                "knn_train": out / "knn" / "train", "knn_val": out / "knn" / "val"}
+    return {key: given.get(key, path) for key, path in defaults.items()}

@@ -25,7 +25,7 @@ from discorep.eval.objects import evaluate_objects
 from discorep.eval.report import resolve_device, write_json
 from discorep.eval.video import evaluate_video
 from discorep.study.baselines import grid_oracle_objects, slic_foreground, slic_objects
-from discorep.study.data import study_data
+from discorep.study.data import study_data, study_data_paths
 from discorep.study.spec import DENSE_TASKS, RunSpec, StudySpec, dotted
 
 log = logging.getLogger("discorep")
@@ -209,6 +209,8 @@ def run_study(spec: StudySpec, command: str, report_only: bool = False) -> Path:
 
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
+    if report_only:
+        return _report_only(spec, command, t0)
     out.mkdir(parents=True, exist_ok=True)
     data = study_data(spec)
     data["probe_coco"] = probe_set(data, out, spec.eval.probe_images)
@@ -218,11 +220,35 @@ def run_study(spec: StudySpec, command: str, report_only: bool = False) -> Path:
             if ("main" in run.tables) == main]
     results: dict[str, list[dict]] = {run.name: [] for run in spec.runs}
     missing = []
-    for run, seed in tqdm(jobs, desc=f"study {spec.name}", unit="run"):
-        if report_only and not (out / "per_run" / f"{run.name}_seed{seed}.json").exists():
-            missing.append(f"{run.name} seed {seed}")
-            continue
+    for run, seed in tqdm(jobs, desc=f"study {spec.name}", unit="run", disable=None):
         log.info("study: %s seed %d", run.name, seed)
         results[run.name].append(run_one(spec, run, seed, data))
     elapsed = time.perf_counter() - t0
     return write_report(spec, results, baselines, data, command=command, elapsed=elapsed, missing=missing)
+
+
+def _report_only(spec: StudySpec, command: str, t0: float) -> Path:
+    """The report from the results on disk as they are: nothing generated, trained or evaluated (seconds)."""
+    from discorep.study.report import write_report
+
+    folder = Path(spec.out_dir) / "per_run"
+    results: dict[str, list[dict]] = {run.name: [] for run in spec.runs}
+    missing = []
+    for main in (True, False):
+        for seed in spec.seeds:
+            for run in spec.runs:
+                if ("main" in run.tables) != main:
+                    continue
+                target = folder / f"{run.name}_seed{seed}.json"
+                if target.exists():
+                    results[run.name].append(json.loads(target.read_text()))
+                else:
+                    missing.append(f"{run.name} seed {seed}")
+    baselines: dict[str, list[dict]] = {}
+    randoms = [folder / f"random_seed{seed}.json" for seed in spec.seeds]
+    if "random" in spec.baselines and any(p.exists() for p in randoms):
+        baselines["random"] = [json.loads(p.read_text()) for p in randoms if p.exists()]
+    if "slic" in spec.baselines and (folder / "slic.json").exists():
+        baselines["slic"] = [json.loads((folder / "slic.json").read_text())]
+    return write_report(spec, results, baselines, study_data_paths(spec), command=command,
+                        elapsed=time.perf_counter() - t0, missing=missing)

@@ -86,11 +86,14 @@ def test_unreadable_images_are_skipped_counted_and_listed(outcome, scenes, tmp_p
     listed = (run_dir / "skipped.txt").read_text().splitlines()
     assert len(listed) == 1 and listed[0].startswith(str(data / "broken.png"))
     strict = tiny_config("byol", data, tmp_path / "strict", {"train": {"max_steps": 8},
-                                                            "data": {"max_bad_fraction": 0.0}})
+                                                            "data": {"max_bad_fraction": 0.0,
+                                                                     "max_bad_images": 0}})
     from discorep.engine.train import TooManyBadImagesError
 
     with pytest.raises(TooManyBadImagesError, match="broken.png|skipped.txt"):
-        pretrain(strict)
+        pretrain(strict)  # decided at start-up (the file is read first): nothing trained, nothing to lose
+    assert not (tmp_path / "strict" / "byol" / "checkpoints").exists()
+    assert (tmp_path / "strict" / "byol" / "FAILED.txt").exists()  # kept for its skipped.txt, marked
     outcome("image", "unreadable image during pretraining", "replaced, listed in skipped.txt; TooManyBadImagesError above data.max_bad_fraction")
 
 
