@@ -178,7 +178,7 @@ def test_empty_cluster_is_reseeded() -> None:
     x = (centres.repeat_interleave(20, 0) + 0.1 * torch.randn(60, 2, generator=gen))[None]
     init = torch.tensor([[[0.0, 0.05], [0.0, -0.05], [1000.0, 1000.0]]])
     valid = torch.ones(1, 60, dtype=torch.bool)
-    cent, _ = _lloyd(x, valid, init, iters=50, tol=1e-6)
+    cent, _ = _lloyd(x, (x ** 2).sum(-1), valid, init, iters=50, tol=1e-6)
     assert torch.isfinite(cent).all()
     labels = torch.cdist(x, cent).argmin(-1)[0]
     assert labels.bincount(minlength=3).min() == 20  # one cluster per blob
