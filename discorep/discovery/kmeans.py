@@ -200,9 +200,8 @@ def _finish(x: Tensor, valid: Tensor, centroids: Tensor, labels: Tensor | None,
     """
     if labels is None:
         labels = _scores(x, centroids).argmin(-1)
-    elif not bool(final.all()):
-        redo = (~final).nonzero().squeeze(1)
-        labels[redo] = _scores(x[redo], centroids[redo]).argmin(-1)
+    elif not bool(final.all()):  # rare: an image stopped by tol or iters with a non-zero last shift
+        labels = torch.where(final.unsqueeze(1), labels, _scores(x, centroids).argmin(-1))
     diff = gather_rows(centroids, labels).sub_(x)  # in place: one (R, N, D) temporary, not two
     inertia = (torch.linalg.vector_norm(diff, dim=-1).square_() * valid.to(x.dtype)).sum(-1)
     return labels.masked_fill(~valid, -1), inertia
