@@ -151,3 +151,25 @@ def test_memory_benchmark_reports_peaks(tmp_path):
                  "--methods", "byol", "--threads", "1"])["rows"]["byol"]
     assert _positive_finite(step["rss_before_step_mb"], step["peak_rss_mb"], step["params_mb"], step["step_s"])
     assert step["peak_rss_mb"] >= step["rss_before_step_mb"]
+
+
+@pytest.mark.slow
+def test_discover_benchmark_reports_ratio_to_the_forward_and_its_stages(tmp_path):
+    from benchmarks.discover import STAGES, TARGET, main
+
+    out = tmp_path / "discover.json"
+    returned = main(["--images", "3", "--image-size", "96x128", "--size", "64", "--ks", "1,2,4,64", "--batch", "2",
+                     "--threads", "1", "--out", str(out)])
+    written = json.loads(out.read_text())
+    d, f = written["discover"], written["forward"]
+    assert written["images"] == 3 and written["target"] == TARGET == 0.50
+    assert _positive_finite(d["ms"], d["images_per_s"], f["ms"], f["images_per_s"])
+    assert f["images_per_s"] == pytest.approx(3 / f["ms"] * 1000, rel=1e-3)
+    stages = d["stages_ms"]
+    assert set(stages) == {*STAGES, "other"} and stages["refine"] == 0.0  # no --refine asked
+    assert _positive_finite(*(stages[s] for s in ("load_model", "decode", "forward", "kmeans", "write")))
+    assert sum(stages.values()) == pytest.approx(d["ms"], abs=0.5)  # the stages and "other" add up
+    assert d["images_per_s"] == pytest.approx(3 / (d["ms"] - stages["load_model"]) * 1000, rel=1e-2)
+    assert written["ratio"] == pytest.approx(d["images_per_s"] / f["images_per_s"])
+    assert written["meets_target"] == (written["ratio"] >= TARGET)
+    assert returned["ratio"] == written["ratio"]

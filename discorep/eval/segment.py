@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from discorep.discovery.kmeans import batched_kmeans
+from discorep.discovery.kmeans import batched_kmeans_ks
 from discorep.discovery.random import image_seeds
 from discorep.errors import UsageError
 from discorep.eval.backbone import (
@@ -48,7 +48,8 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     """images: (B, 3, S, S) in [0, 1] → {K: (B, h, w) int64 labels on the feature grid}.
 
     A K larger than the grid's number of points is clamped to it (every point its own segment).
-    Seeds are per image (from `seed` and `image_ids`), so results do not depend on the batching.
+    Seeds are per image (from `seed` and `image_ids`), so results do not depend on the batching. All K
+    start from one k-means++ seeding (`batched_kmeans_ks`): seeding is paid once, not once per K.
     """
     device = next(model.encoder.parameters()).device
     feats = dense_features(model, normalize_images(images.to(device)), features)
@@ -56,8 +57,9 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     points = feats.flatten(2).transpose(1, 2)
     ids = torch.arange(B) if image_ids is None else image_ids
     seeds = image_seeds(seed, ids.to(device))
-    return {k: batched_kmeans(points, min(k, h * w), seed=seeds, iters=iters).labels.view(B, h, w).cpu()
-            for k in ks}
+    clamped = {k: min(k, h * w) for k in ks}
+    results = batched_kmeans_ks(points, list(clamped.values()), seed=seeds, iters=iters)
+    return {k: results[c].labels.view(B, h, w).cpu() for k, c in clamped.items()}
 
 
 def upsample_nearest(labels: Tensor, height: int, width: int) -> np.ndarray:
