@@ -210,9 +210,12 @@ def _finish(x: Tensor, valid: Tensor, centroids: Tensor, labels: Tensor | None,
 def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
     """float32 copy with invalid rows zeroed (torch.where, so inf/NaN padding cannot leak), optionally
     L2-normalised; returns (points, valid, squared norms of the points)."""
+    # Nothing below writes into the points, so x itself may serve when there is nothing to mask.
     if valid is None:
         valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    pts = torch.where(valid.unsqueeze(-1), x.float(), 0.0)
+        pts, owned = x.float(), x.dtype != torch.float32
+    else:
+        pts, owned = torch.where(valid.unsqueeze(-1), x.float(), 0.0), True
     norms = torch.linalg.vector_norm(pts, dim=-1)
     # Checked where free (CPU); on a GPU the read-back would stall every step (features are finite
     # whenever the loss is, and the engine checks the loss). A non-finite value makes its row's norm
@@ -221,9 +224,12 @@ def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, 
             and not bool(torch.isfinite(pts).all()):
         raise ValueError("x has non-finite values (inf/NaN) at rows marked valid")
     if not normalize:
-        return pts, valid, norms.square_()
-    pts = pts.div_(norms.clamp_(min=1e-12).unsqueeze(-1))  # as F.normalize: zero rows stay zero
-    return pts, valid, torch.linalg.vector_norm(pts, dim=-1).square_()
+        return pts.contiguous(), valid, norms.square_()
+    scale = norms.clamp(min=1e-12)  # as F.normalize: zero rows stay zero
+    pts = pts.div_(scale.unsqueeze(-1)) if owned else pts / scale.unsqueeze(-1)
+    # Row-major points (feature maps arrive as transposed views): every matmul and index_add below
+    # would otherwise copy them. ‖x/‖x‖‖² is 1 (0 for zero rows) up to round-off: from the norms.
+    return pts.contiguous(), valid, (norms / scale).square_()
 
 
 def _check_seed(seed: int | Tensor, B: int) -> None:
