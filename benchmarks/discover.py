@@ -104,7 +104,9 @@ def _discover(args, images: Path, out: Path, timers: _Timers) -> float:
     timers.wrap(discover_mod, "load_model_for_discover", "load_model")
     timers.wrap(discover_mod, "_load_batch", "decode")
     timers.wrap(segment_mod, "dense_features", "forward")
-    timers.wrap(segment_mod, "batched_kmeans_ks", "kmeans")
+    # Checkouts before all-K-from-one-seeding call batched_kmeans once per K.
+    timers.wrap(segment_mod, "batched_kmeans_ks" if hasattr(segment_mod, "batched_kmeans_ks") else "batched_kmeans",
+                "kmeans")
     timers.wrap(discover_mod, "_write_outputs", "write")
     for name in ("refine_labels", "_refine"):  # the refinement step, under whichever name it has
         if hasattr(discover_mod, name):

@@ -7,6 +7,7 @@ clustered per image (seeded k-means, several K at once), and the feature-grid la
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,6 +64,19 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
 
 
 def upsample_nearest(labels: Tensor, height: int, width: int) -> np.ndarray:
-    """(h, w) grid labels → (height, width) int32 by nearest upsampling."""
-    up = F.interpolate(labels[None, None].float(), size=(height, width), mode="nearest-exact")
-    return up[0, 0].to(torch.int32).numpy()
+    """(h, w) grid labels → (height, width) int32 by nearest upsampling (torch's "nearest-exact").
+
+    Nearest resampling is separable, so it is one gather with a source row and a source column per
+    output pixel; interpolating the whole map as floats took ~16 ms per 480×640 map, 8 per discovered
+    image (benchmarks/discover.py, docs/performance.md).
+    """
+    lab = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    rows, cols = _nearest_source(lab.shape[0], height), _nearest_source(lab.shape[1], width)
+    return lab[rows[:, None], cols[None, :]].astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_source(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of every output position, asked of F.interpolate itself so rounding is identical."""
+    src = torch.arange(size_in, dtype=torch.float64).view(1, 1, size_in)
+    return F.interpolate(src, size=size_out, mode="nearest-exact")[0, 0].long().numpy()
