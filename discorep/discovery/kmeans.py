@@ -159,6 +159,10 @@ def _lloyd(x: Tensor, x2: Tensor, valid: Tensor, centroids: Tensor, iters: int, 
     return centroids, n_iter
 
 
+# Shrink the working set once this fraction of it is still running (a copy of the survivors' points).
+_SHRINK_AT = 0.75
+
+
 def _lloyd_compact(x: Tensor, x2: Tensor, valid: Tensor, centroids: Tensor, iters: int,
                    tol: float) -> tuple[Tensor, Tensor, Tensor, int]:
     """Lloyd iterations reading "converged?" every iteration (CPU, where reads are free), computing only
@@ -185,7 +189,7 @@ def _lloyd_compact(x: Tensor, x2: Tensor, valid: Tensor, centroids: Tensor, iter
             left = int(active.sum())
             if left == 0:
                 break
-            if left <= 0.75 * active.numel():  # copying the survivors costs less than computing all
+            if left <= _SHRINK_AT * active.numel():  # copying the survivors costs less than computing all
                 keep = active.nonzero().squeeze(1)
                 x, x2, valid, centroids, rows = (t.index_select(0, keep) for t in (x, x2, valid, centroids, rows))
                 active = active.index_select(0, keep)
