@@ -9,10 +9,11 @@ vectors is cosine k-means.
 Padding: `valid` (B, N) marks real points; padded rows never influence initialisation, centroids or
 inertia, whatever values they hold (they are zeroed before any arithmetic, so inf/NaN padding is fine).
 
-Memory (float32, R = B·n_init): points (R, N, D) + the distance matrix (R, N, K) (+ the same again for
+Memory (float32, R = B·n_init): points (R, N, D) + the score matrix (R, N, K) (+ the same again for
 the one-hot assignment on CUDA) + centroids and their sums (R, K, D) + k-means++ candidate distances
-(R, L, N) with L = 2 + ⌊ln K⌋, plus two (R, N, D) temporaries for the exact final inertia.
-E.g. R2O pooled, N=6400, K=128, D=1024: 26 MB points + 3.3 MB (+3.3 MB) + 1 MB (+52 MB transient).
+(R, L, ≤16K) with L = 2 + ⌊ln K⌋, plus one (R, N, D) temporary for the exact final inertia (formula
+checked against measured peaks: benchmarks/memory.py, docs/performance.md).
+E.g. R2O pooled, N=6400, K=128, D=1024: 26 MB points + 3.3 MB (+3.3 MB) + 1 MB (+26 MB transient).
 """
 
 from __future__ import annotations
