@@ -55,14 +55,16 @@ MB = 1024 * 1024
 def kmeans_peak_bytes(B: int, N: int, D: int, K: int, n_init: int = 1) -> int:
     """Predicted peak bytes allocated by `batched_kmeans` on CPU (float32 input; the input excluded).
 
-    Final assignment: the normalised points (4RND) + the (x - c)^2 temporaries for the exact inertia
-    (2 x 4RND) + centroids (4RKD) + labels/valid (9RN). Lloyd: points + the distance matrix and its
-    ||x||^2 + ||c||^2 base (2 x 4RNK) + centroids, sums and the new centroids (3 x 4RKD) + per-point
-    vectors (17RN). k-means++ (4RND + 8RLN, L = 2 + ln K <= K) never exceeds the Lloyd term.
+    Final assignment: the normalised points (4RND) + the one (c_label - x) temporary for the exact
+    inertia, subtracted in place (4RND) + final and working centroids (8RKD) + per-point vectors (33RN:
+    labels, kept labels, squared norms, validity, norms). Lloyd: points + the (R, N, K) score matrix
+    (4RNK) + centroids, sums/new centroids and kept centroids (12RKD) + per-point vectors (33RN).
+    k-means++ (on at most 16·K points per problem, (R, L, 16K) candidate distances) and the copies that
+    drop converged images from the Lloyd working set (at most 3/4 of 4RND) stay below both terms.
     """
     R = B * n_init
-    assign = 12 * R * N * D + 4 * R * K * D + 9 * R * N
-    lloyd = 4 * R * N * D + 8 * R * N * K + 12 * R * K * D + 17 * R * N
+    assign = 8 * R * N * D + 8 * R * K * D + 33 * R * N
+    lloyd = 4 * R * N * D + 4 * R * N * K + 12 * R * K * D + 33 * R * N
     return max(assign, lloyd)
 
 

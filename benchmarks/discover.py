@@ -1,0 +1,173 @@
+"""`discorep discover` images/s on CPU against the bare backbone forward on the same images.
+
+    python benchmarks/discover.py --arch resnet18 --threads 2
+    python benchmarks/discover.py --arch resnet50 --threads 2 --images 32
+
+Runs the real `run_discover` (decode, resize, encode, k-means for every K, upsample, npz + PNG writing)
+on generated photo-like scenes, with its stages timed by wrapping the functions it calls: decode
+(`_load_batch`: read + resize), forward (`dense_features`), k-means (`batched_kmeans_ks`, all K),
+refinement (`--refine`, `refine_labels`: superpixels, pooling and their k-means), writing (`_write_outputs`:
+upsampling, npz, overlay PNG); "other" is the rest of the wall time. Images/s leave out the one-time
+model loading (reported as load_model). The baseline is the bare
+backbone forward (`dense_features`, same model, size, batch) on the same images already decoded and
+resized: the issue's target is discover ≥ 50 % of its images/s. Both are timed in one run, after one
+untimed warm-up batch; timings are only comparable on a quiet machine (take them under the lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from discorep.data.demo import make_scenes
+from discorep.data.images import list_images, load_rgb
+from discorep.eval import discover as discover_mod
+from discorep.eval import segment as segment_mod
+from discorep.eval.backbone import dense_features, load_model, normalize_images
+
+TARGET = 0.50
+STAGES = ("load_model", "decode", "forward", "kmeans", "refine", "write")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="resnet18", help="random:<arch> weights (speed does not depend on them)")
+    p.add_argument("--images", type=int, default=32, help="generated scenes")
+    p.add_argument("--image-size", default="480x640", help="HxW of the generated scenes (files discover reads)")
+    p.add_argument("--size", type=int, default=224, help="discover --size")
+    p.add_argument("--ks", default="1,2,4,8,16,32,64,128", help="discover --k")
+    p.add_argument("--features", default="c5", help="discover --features")
+    p.add_argument("--batch", type=int, default=8, help="discover --batch-size")
+    p.add_argument("--refine", default="none", choices=("none", "slic", "felzenszwalb"),
+                   help="discover --refine (discover's own default is slic; none = the grid alone)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p
+
+
+class _Timers:
+    """Wraps module functions so every call's wall time is added to a named stage."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = defaultdict(float)
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, module: object, name: str, stage: str) -> None:
+        fn = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.ms[stage] += (time.perf_counter() - t0) * 1e3
+
+        self._undo.append((module, name, fn))
+        setattr(module, name, timed)
+
+    def restore(self) -> None:
+        for module, name, fn in reversed(self._undo):
+            setattr(module, name, fn)
+        self._undo.clear()
+
+
+def _forward_only(model, paths: list[Path], size: int, batch: int, features: str) -> float:
+    """ms of dense_features alone over all images (decoded and resized beforehand, not timed)."""
+    tensors = [segment_mod.prepare(load_rgb(p), size) for p in paths]
+    chunks = [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
+    with torch.no_grad():
+        dense_features(model, normalize_images(chunks[0]), features)  # warm-up
+        t0 = time.perf_counter()
+        for x in chunks:
+            dense_features(model, normalize_images(x), features)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _discover(args, images: Path, out: Path, timers: _Timers) -> float:
+    """ms of one run_discover over every image, its stages recorded in `timers`."""
+    kwargs = dict(checkpoint=f"random:{args.arch}", images=images, out=out, ks=args.ks, size=args.size,
+                  features=args.features, device="cpu", batch_size=args.batch)
+    kwargs["refine"] = args.refine
+    timers.wrap(discover_mod, "load_model_for_discover", "load_model")
+    timers.wrap(discover_mod, "_load_batch", "decode")
+    timers.wrap(segment_mod, "dense_features", "forward")
+    # Checkouts before all-K-from-one-seeding call batched_kmeans once per K.
+    timers.wrap(segment_mod, "batched_kmeans_ks" if hasattr(segment_mod, "batched_kmeans_ks") else "batched_kmeans",
+                "kmeans")
+    timers.wrap(discover_mod, "_write_outputs", "write")
+    timers.wrap(segment_mod, "refine_labels", "refine")
+    try:
+        t0 = time.perf_counter()
+        discover_mod.run_discover(**kwargs)
+        return (time.perf_counter() - t0) * 1e3
+    finally:
+        timers.restore()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    h, w = (int(v) for v in args.image_size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_scenes(root / "scenes", args.images, seed=0, image_size=(h, w))
+        images = root / "scenes" / "images"
+        paths = list_images(images)
+        model = load_model(f"random:{args.arch}")
+        model.encoder.eval()
+        warm = root / "warm"
+        warm.mkdir()
+        for p in paths[:args.batch]:  # one untimed batch: first-call costs of every stage
+            (warm / p.name).write_bytes(p.read_bytes())
+        _discover(args, warm, root / "warm_out", _Timers())
+        forward_ms = _forward_only(model, paths, args.size, args.batch, args.features)
+        timers = _Timers()
+        total_ms = _discover(args, images, root / "out", timers)
+    n = len(paths)
+    stages = {s: round(timers.ms.get(s, 0.0), 1) for s in STAGES}
+    stages["other"] = round(total_ms - sum(stages.values()), 1)
+    # Throughput over the images: the one-time model construction/loading is reported, not counted.
+    discover_ips, forward_ips = n / (total_ms - stages["load_model"]) * 1e3, n / forward_ms * 1e3
+    result = {
+        "environment": {"command": "python benchmarks/discover.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                        "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "images": n, "image_size": [h, w], "size": args.size, "ks": args.ks, "features": args.features,
+        "arch": args.arch, "batch": args.batch, "refine": args.refine,
+        "discover": {"ms": round(total_ms, 1), "images_per_s": discover_ips, "stages_ms": stages},
+        "forward": {"ms": round(forward_ms, 1), "images_per_s": forward_ips},
+        "ratio": discover_ips / forward_ips, "target": TARGET,
+    }
+    result["meets_target"] = result["ratio"] >= TARGET
+    report(result)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def report(r: dict) -> None:
+    d, f = r["discover"], r["forward"]
+    print(f"{r['environment']['command']}  (torch {r['environment']['torch']}, {r['environment']['threads']} "
+          f"threads, {r['environment']['cpu_capability']})")
+    print(f"{r['arch']} at {r['size']} px, {r['features']}, K={r['ks']}, batch {r['batch']}, {r['images']} images "
+          f"of {r['image_size'][0]}x{r['image_size'][1]}, refine={r['refine']}")
+    print(f"  bare forward : {f['ms']:9.1f} ms  {f['images_per_s']:7.2f} images/s")
+    print(f"  discover     : {d['ms']:9.1f} ms  {d['images_per_s']:7.2f} images/s  "
+          f"= {r['ratio']:.2f} of the forward (target {r['target']:.2f})")
+    print("  stages (ms)  : " + ", ".join(f"{k} {v:.1f}" for k, v in d["stages_ms"].items()))
+    print(f"RESULT discover_vs_forward={r['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
