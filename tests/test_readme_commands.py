@@ -54,7 +54,7 @@ def _tiny(args: list[str]) -> list[str]:
             args[args.index("--size") + 1] = "64"
         else:
             args += ["--size", "64"]
-        if "linear" in args:
+        if "linear" in args or "linear-seg" in args:
             args += ["--epochs", "2"]
     if args[0] == "pretrain" and "--print-config" not in args:
         args += TINY_TRAIN
@@ -92,6 +92,7 @@ def test_readme_commands_run_in_order_after_the_demo(tmp_path, monkeypatch, caps
             assert code == 0, (command, argv, out.err[-2000:])
             ran.append(argv[0] if argv[0] != "eval" else f"eval {argv[1]}")
     assert {"pretrain", "discover", "eval objects", "eval video", "eval knn", "eval linear", "eval foreground",
+            "eval linear-seg", "eval retrieval", "eval overcluster", "eval corloc",
             "export", "make-data", "shard", "--help"} <= set(ran), ran
     assert ran.count("export") == 4 and ran.count("discover") == 2
     assert (tmp_path / "out/photos/discover.json").exists() and (tmp_path / "out/random/discover.json").exists()
