@@ -137,21 +137,21 @@ def test_disk_full_part_way_keeps_complete_outputs_and_a_rerun_continues(outcome
                                                                          monkeypatch):
     import discorep.eval.discover as discover
 
-    real_save, calls = np.savez_compressed, []
+    real_save, calls = discover._savez_fast, []
 
-    def full_after_two(f, **arrays):
+    def full_after_two(f, arrays):
         calls.append(1)
         if len(calls) == 3:
             f.write(b"partial")
             raise OSError(28, "No space left on device")
-        return real_save(f, **arrays)
+        return real_save(f, arrays)
 
-    monkeypatch.setattr(discover.np, "savez_compressed", full_after_two)
+    monkeypatch.setattr(discover, "_savez_fast", full_after_two)
     code = _discover(photos, tmp_path / "out")
     line = _one_line_error(capsys, code)
     assert "No space left on device" in line and "2 of 5 images done" in line and "rerun" in line, line
     assert _every_output_is_complete(tmp_path / "out") == 2
-    monkeypatch.setattr(discover.np, "savez_compressed", real_save)
+    monkeypatch.setattr(discover, "_savez_fast", real_save)
     assert _discover(photos, tmp_path / "out") == 0
     summary = json.loads((tmp_path / "out" / "discover.json").read_text())
     assert summary["kept_from_earlier_run"] == 2 and summary["written"] == 5 and summary["complete"]
