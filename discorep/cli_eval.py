@@ -118,13 +118,10 @@ def _check_set(path: Path, flag: str) -> None:
         A.check_input_dir(path, flag)
 
 
-def _check_train_val(args):
-    _check_set(args.train, "--train")
-    _check_set(args.val, "--val")
-
-
-def _check_val(args):
-    _check_set(args.val, "--val")
+def _check_sets(args):
+    for name in ("train", "val"):
+        if getattr(args, name, None) is not None:
+            _check_set(getattr(args, name), f"--{name}")
 
 
 def _add_dense_set_args(t: argparse.ArgumentParser, name: str) -> None:
@@ -137,12 +134,18 @@ def _add_dense_set_args(t: argparse.ArgumentParser, name: str) -> None:
                         "default: all)")
 
 
+def _dense_task(tasks, name: str, helptext: str, sets: tuple[str, ...]) -> argparse.ArgumentParser:
+    """An eval task reading semantic sets (`--train`/`--val`: VOC folder or COCO json), checked up front."""
+    t = _eval_task(tasks, name, helptext, _check_sets)
+    for set_name in sets:
+        _add_dense_set_args(t, set_name)
+    return t
+
+
 def _add_dense_eval_parsers(tasks) -> None:
     """The dense evaluations (docs/evaluation.md): linear-seg, overcluster, retrieval, corloc."""
-    t = _eval_task(tasks, "linear-seg", "linear 1x1-conv head on frozen dense features, mIoU (Leopart/NeCo)",
-                   _check_train_val)
-    _add_dense_set_args(t, "train")
-    _add_dense_set_args(t, "val")
+    t = _dense_task(tasks, "linear-seg", "linear 1x1-conv head on frozen dense features, mIoU (Leopart/NeCo)",
+                    ("train", "val"))
     t.add_argument("--epochs", type=A.positive_int, default=25, help="head training epochs")
     t.add_argument("--lr", type=A.positive_float, default=0.01, help="head learning rate (SGD)")
     t.add_argument("--train-label-size", type=A.positive_int, default=100,
@@ -150,21 +153,17 @@ def _add_dense_eval_parsers(tasks) -> None:
     t.add_argument("--score-size", type=A.positive_int, default=None,
                    help="score at N x N instead of the full label size (NeCo: 100; default: full size)")
 
-    t = _eval_task(tasks, "overcluster", "k-means over all val features, Hungarian / many-to-one mIoU (Leopart)",
-                   _check_val)
-    _add_dense_set_args(t, "val")
+    t = _dense_task(tasks, "overcluster", "k-means over all val features, Hungarian / many-to-one mIoU (Leopart)",
+                    ("val",))
     t.add_argument("--k", default="classes,100,300,500", help="cluster counts; 'classes' = number of classes")
     t.add_argument("--seeds", type=A.positive_int, default=5, help="k-means seeds (SEED, SEED+1, ...)")
 
-    t = _eval_task(tasks, "retrieval", "dense nearest-neighbour retrieval from a train memory bank (Hummingbird)",
-                   _check_train_val)
-    _add_dense_set_args(t, "train")
-    _add_dense_set_args(t, "val")
+    t = _dense_task(tasks, "retrieval", "dense nearest-neighbour retrieval from a train memory bank (Hummingbird)",
+                    ("train", "val"))
     t.add_argument("--k", type=A.positive_int, default=30, help="neighbours per val patch")
     t.add_argument("--temperature", type=A.positive_float, default=0.02, help="softmax temperature of the vote")
     t.add_argument("--bank-size", type=A.positive_int, default=102400,
                    help="memory bank patches (seeded subset beyond)")
 
-    t = _eval_task(tasks, "corloc", "single-object localisation: K=2 foreground box, CorLoc (LOST)", _check_val)
-    _add_dense_set_args(t, "val")
+    t = _dense_task(tasks, "corloc", "single-object localisation: K=2 foreground box, CorLoc (LOST)", ("val",))
     add_refine_args(t, "none", "zeros")
