@@ -59,13 +59,14 @@ class PretrainDataset(Dataset):
             j = (index + attempt) % len(self.paths)
             try:
                 image = load_rgb(self.paths[j])
+                # A precomputed prior's missing mask is a BadImageError too: that image is replaced the same way.
+                labels = None if self.prior_cache is None else self.prior_cache.get(self.prior_key(j), self.paths[j])
             except BadImageError as err:
                 skipped.append((str(self.paths[j]), err.reason))
                 continue
             out = self.views(image, seed=seed)
             out["index"] = torch.tensor(j)
-            if self.prior_cache is not None:
-                labels = self.prior_cache.get(self.prior_key(j), self.paths[j])
+            if labels is not None:
                 out["prior"] = resize_labels(torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.prior_size)
             return {**out, "skipped": skipped}
         return {"skip": skipped}

@@ -6,7 +6,8 @@ there says which settings the folder holds. Changing any parameter therefore sel
 
 Each image's file is ``sha1(key).npz`` holding ``labels`` (int32), ``key``, ``image_hw``, the source
 file's ``file_size`` and ``mtime_ns`` (a changed image is recomputed) and ``crc32`` of the label
-bytes (checked on load). Files are written to a temp file in the same folder, fsynced and
+bytes (checked on load). For a prior that reads its own file per image (``precomputed``), ``mtime_ns``
+folds in those files' sizes and times too, so an edited mask is recomputed as well. Files are written to a temp file in the same folder, fsynced and
 ``os.replace``-d into place, so an interrupted build leaves only complete files; a truncated or
 corrupt file is reported with a :class:`PriorCacheWarning` and recomputed.
 """
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from discorep.data.priors import PriorError, compute_prior, resolve_params
+from discorep.data.priors import PriorError, compute_prior, prior_files, resolve_params
 from discorep.errors import Interrupted
 
 __all__ = ["CACHE_VERSION", "BuildStats", "PriorCacheWarning", "RegionPriorCache", "default_loader"]
@@ -107,13 +108,19 @@ def _checksum(labels: np.ndarray) -> int:
     return zlib.crc32(labels.tobytes(), zlib.crc32(repr(labels.shape).encode()))
 
 
-def _source_signature(image_path: str | os.PathLike) -> tuple[int, int]:
-    """(size, mtime_ns) of the source file; (-1, -1) for a path that cannot be stat-ed."""
-    try:
-        st = os.stat(image_path)
-    except OSError:
-        return (-1, -1)
-    return (st.st_size, st.st_mtime_ns)
+def _source_signature(image_path: str | os.PathLike, *more: str | os.PathLike) -> tuple[int, int]:
+    """(size, mtime_ns) of the source file; (-1, -1) for a path that cannot be stat-ed. With ``more``
+    files (a prior's own inputs) the second number is a checksum of every file's (size, mtime_ns)."""
+    signatures = []
+    for path in (image_path, *more):
+        try:
+            st = os.stat(path)
+            signatures.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            signatures.append((-1, -1))
+    if not more:
+        return signatures[0]
+    return (signatures[0][0], zlib.crc32(repr(signatures).encode()))
 
 
 def _as_rgb(image: Any) -> np.ndarray:
@@ -233,7 +240,7 @@ class RegionPriorCache:
 
     def _load_or_compute(self, key: str, image_path: str | os.PathLike) -> tuple[np.ndarray, str, str]:
         file = self.path_for(key)
-        signature = _source_signature(image_path)
+        signature = _source_signature(image_path, *prior_files(self.prior, self.params, key))
         corrupt = ""
         try:
             labels = self._load_valid(file, key, signature)
@@ -268,7 +275,7 @@ class RegionPriorCache:
                            signature: tuple[int, int]) -> np.ndarray:
         # The signature was taken *before* reading, so an image edited mid-build is redone next time.
         image = _as_rgb(self.loader(str(image_path)))
-        labels = compute_prior(self.prior, image, self.params)
+        labels = compute_prior(self.prior, image, self.params, key=key)
         payload = {"labels": labels, "key": np.array(key), "image_hw": np.array(image.shape[:2], np.int64),
                    "file_size": np.int64(signature[0]), "mtime_ns": np.int64(signature[1]),
                    "crc32": np.int64(_checksum(labels))}

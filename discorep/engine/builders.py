@@ -44,7 +44,7 @@ def build_prior_cache(cfg: Config, dataset: PretrainDataset, dist: DistInfo, pro
     for all processes without the training timeout (`long_barrier`), and load them."""
     if cfg.data.prior == "none":
         return None
-    from discorep.data.priors import RegionPriorCache
+    from discorep.data.prior_cache import RegionPriorCache
 
     params = dict(cfg.data.prior_params)
     cache = RegionPriorCache(cfg.data.prior_cache, cfg.data.prior, params)
