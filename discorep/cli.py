@@ -2,8 +2,8 @@
 
 Arguments are parsed and checked (`discorep.cliargs`, no torch) before any heavy import, so a mistake is
 one line within a second. Every error reaching `main` is one `error:` line; `--debug` (or
-DISCOREP_DEBUG=1) shows the traceback instead. To add an `eval` task: one `_eval_task` block in
-`_add_eval_parsers` (its parser and, if it has inputs to check, a `check=` function).
+DISCOREP_DEBUG=1) shows the traceback instead. The `eval` tasks come from their registry
+(`discorep/eval/tasks/`, one file each; `cli_eval.py` builds their parsers).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from discorep import cliargs as A
-from discorep.cli_eval import add_eval_parsers, add_refine_args
+from discorep.cli_eval import add_eval_parsers, add_refine_args, own_arguments
 from discorep.errors import Interrupted, UsageError
 
 DEMO_CONFIG = "r2o_contrastive_cpu_demo.yaml"  # bundled with the package (discorep/configs)
@@ -125,14 +125,13 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import importlib
+    from discorep.eval.tasks import get_eval
 
     _check_model_args(args)
-    if getattr(args, "check", None) is not None:  # the task's own input checks (see `_eval_task`)
-        args.check(args)
-    module = importlib.import_module(f"discorep.eval.{args.task.replace('-', '_')}")
-    hidden = ("func", "command", "task", "verbose", "debug", "check")
-    module.run(**{k: v for k, v in vars(args).items() if k not in hidden})
+    task, options = get_eval(args.task), own_arguments(args)
+    if task.check is not None:  # the task's own input checks, still before torch loads
+        task.check(options)
+    task.run(options)
     return 0
 
 
