@@ -18,14 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from discorep.data.images import BadImageError, DatasetError
+from discorep.data.images import DatasetError
 from discorep.data.semantic import open_semantic
 from discorep.eval.backbone import EvalModel, dense_features, normalize_images
 from discorep.eval.dense_metrics import confusion
-from discorep.eval.segment import prepare
+from discorep.eval.items import PreparedSet
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,6 @@ class Encoded:
         return torch.cat([f.float().flatten(1).T for f in self.feats])
 
 
-class _Items(Dataset):
-    def __init__(self, data, size: int):
-        self.data, self.size = data, size
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            image, labels = self.data.load(i)
-        except (BadImageError, DatasetError) as err:
-            return {"path": self.data.path(i), "reason": str(getattr(err, "reason", err))}
-        return {"path": self.data.path(i), "image": prepare(image, self.size), "labels": labels}
-
-
 @torch.no_grad()
 def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: int = 8, progress: bool = True,
                num_workers: int = 2, desc: str = "encode") -> Encoded:
@@ -68,14 +53,14 @@ def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: 
         raise DatasetError(f"--size and --batch-size must be positive, got {size} and {batch_size}")
     device = next(model.encoder.parameters()).device
     out = Encoded(num_classes=data.num_classes)
-    loader = DataLoader(_Items(data, size), batch_size=batch_size, collate_fn=list,
+    loader = DataLoader(PreparedSet(data, size), batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(data)))
     was_training = model.encoder.training
     model.encoder.eval()
     try:
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
             for b in batch:
-                if "reason" in b:
+                if "skip" in b:
                     log.warning("skipping %s: %s", b["path"], b["reason"])
                     out.skipped.append({"path": b["path"], "reason": b["reason"]})
             good = [b for b in batch if "image" in b]
@@ -83,7 +68,7 @@ def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: 
                 feats = dense_features(model, normalize_images(torch.stack([b["image"] for b in good]).to(device)),
                                        features)
                 out.feats += [f.half().cpu() for f in feats]
-                out.labels += [b["labels"] for b in good]
+                out.labels += [b["truth"] for b in good]
                 out.paths += [b["path"] for b in good]
     finally:
         model.encoder.train(was_training)

@@ -33,10 +33,11 @@ from discorep.data.datasets import CocoDataset
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
 from discorep.errors import UsageError
 from discorep.eval.backbone import EvalModel, load_model
+from discorep.eval.items import PreparedSet
 from discorep.eval.metrics import hungarian_foreground, mask_iou, oracle_foreground
 from discorep.eval.report import emit_report, resolve_device
 from discorep.eval.refine import Refine
-from discorep.eval.segment import prepare, segment_batch, upsample_nearest
+from discorep.eval.segment import segment_batch, upsample_nearest
 
 log = logging.getLogger("discorep")
 
@@ -95,21 +96,8 @@ class FolderTruth(Dataset):
         return image, fg
 
 
-class _Items(Dataset):
-    def __init__(self, truth: CocoTruth | FolderTruth, size: int):
-        self.truth, self.size = truth, size
-
-    def __len__(self) -> int:
-        return len(self.truth)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            image, fg = self.truth.load(i)
-        except (BadImageError, DatasetError) as err:
-            return {"index": i, "path": self.truth.path(i), "skip": str(getattr(err, "reason", err))}
-        if not fg.any():
-            return {"index": i, "path": self.truth.path(i), "skip": "empty foreground mask"}
-        return {"index": i, "path": self.truth.path(i), "image": prepare(image, self.size), "fg": fg}
+def _no_foreground(fg: np.ndarray) -> str | None:
+    return None if fg.any() else "empty foreground mask"
 
 
 def _score(labels: np.ndarray, fg: np.ndarray, oracle: bool) -> dict:
@@ -125,19 +113,19 @@ def evaluate_foreground(model: EvalModel, truth: Dataset, k: int, size: int, fea
                         num_workers: int = 2, refine: Refine | None = None, padding: str = "zeros") -> dict:
     """Mean foreground IoU of the Hungarian-assigned segment (and the oracle's, when asked)."""
     per_image, skipped = [], []
-    loader = DataLoader(_Items(truth, size), batch_size=batch_size, collate_fn=list,
+    loader = DataLoader(PreparedSet(truth, size, empty=_no_foreground), batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(truth)))
     with tqdm(total=len(truth), desc="foreground", unit="img", disable=None if progress else True) as bar:
         for batch in loader:
-            skipped += [{"path": b["path"], "reason": b["skip"]} for b in batch if "skip" in b]
+            skipped += [{"path": b["path"], "reason": b["reason"]} for b in batch if "skip" in b]
             good = [b for b in batch if "skip" not in b]
             if good:
                 labels = segment_batch(model, torch.stack([b["image"] for b in good]), [k], features, seed=seed,
                                        image_ids=torch.tensor([b["index"] for b in good]), refine=refine,
                                        padding=padding)[k]
                 for j, b in enumerate(good):
-                    full = upsample_nearest(labels[j], *b["fg"].shape)
-                    per_image.append({"path": b["path"], **_score(full, b["fg"], oracle)})
+                    full = upsample_nearest(labels[j], *b["truth"].shape)
+                    per_image.append({"path": b["path"], **_score(full, b["truth"], oracle)})
             bar.update(len(batch))
     if not per_image:
         raise DatasetError(f"no usable image with a foreground mask ({len(skipped)} skipped)")

@@ -19,47 +19,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from discorep.data.datasets import CocoDataset
-from discorep.data.images import BadImageError, DatasetError
+from discorep.data.images import DatasetError
 from discorep.eval.backbone import EvalModel, load_model
+from discorep.eval.items import NO_ANNOTATIONS, UNREADABLE, PreparedSet
 from discorep.eval.metrics import filter_small as filter_small_masks
 from discorep.eval.metrics import image_scores
 from discorep.eval.refine import Refine
 from discorep.eval.report import emit_report, resolve_device
-from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
+from discorep.eval.segment import parse_ks, segment_batch, upsample_nearest
 
 log = logging.getLogger("discorep")
 
 METRICS = ("abo_i", "abo_c", "or")
-UNREADABLE, NO_ANNOTATIONS = "unreadable", "no_annotations"
 
 
-class _Items(Dataset):
-    """Decoded, resized images with their non-crowd instance masks; problems become skip records."""
+class _Instances:
+    """A COCO set as a labelled set (`eval.items`): truth = the non-crowd instance masks and categories."""
 
-    def __init__(self, coco: CocoDataset, size: int, filter_small: bool):
-        self.coco, self.size, self.filter_small = coco, size, filter_small
+    def __init__(self, coco: CocoDataset, filter_small: bool):
+        self.coco, self.filter_small = coco, filter_small
 
     def __len__(self) -> int:
         return len(self.coco)
 
-    def __getitem__(self, i: int) -> dict:
-        path = str(self.coco.path(i))
-        try:
-            item = self.coco[i]
-        except (BadImageError, DatasetError) as err:
-            return {"index": i, "path": path, "skip": UNREADABLE, "reason": str(getattr(err, "reason", err))}
+    def path(self, i: int) -> str:
+        return str(self.coco.path(i))
+
+    def load(self, i: int):
+        item = self.coco[i]
         keep = ~item["iscrowd"]
         masks, cats = item["masks"][keep].astype(bool), item["category_ids"][keep]
         if self.filter_small:
             masks, cats = filter_small_masks(masks, cats, masks.shape[1:])
-        if len(masks) == 0:
-            return {"index": i, "path": path, "skip": NO_ANNOTATIONS, "reason": "no (non-crowd) annotations"}
-        return {"index": i, "path": path, "image": prepare(item["image"], self.size), "masks": masks,
-                "cats": cats}
+        return item["image"], (masks, cats)
+
+
+def _no_instances(truth) -> str | None:
+    return None if len(truth[0]) else "no (non-crowd) annotations"
 
 
 def _score_batch(model: EvalModel, good: list[dict], ks: Sequence[int], features: str, seed: int,
@@ -69,9 +69,9 @@ def _score_batch(model: EvalModel, good: list[dict], ks: Sequence[int], features
                            image_ids=torch.tensor([b["index"] for b in good]), refine=refine, padding=padding)
     rows = []
     for j, b in enumerate(good):
-        H, W = b["masks"].shape[1:]
-        maps = [upsample_nearest(labels[k][j], H, W) for k in ks]
-        rows.append({"index": b["index"], "path": b["path"], **image_scores(b["masks"], b["cats"], maps)})
+        masks, cats = b["truth"]
+        maps = [upsample_nearest(labels[k][j], *masks.shape[1:]) for k in ks]
+        rows.append({"index": b["index"], "path": b["path"], **image_scores(masks, cats, maps)})
     return rows
 
 
@@ -84,7 +84,8 @@ def evaluate_objects(model: EvalModel, dataset: CocoDataset, ks: Sequence[int], 
     "n_skipped_no_annotations", "n_proposals_max"}. Raises DatasetError when no image is usable.
     """
     per_image, skipped = [], []
-    loader = DataLoader(_Items(dataset, size, filter_small), batch_size=batch_size, collate_fn=list,
+    loader = DataLoader(PreparedSet(_Instances(dataset, filter_small), size, empty=_no_instances),
+                        batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(dataset)))
     with tqdm(total=len(dataset), desc="objects", unit="img", disable=None if progress else True) as bar:
         for batch in loader:
