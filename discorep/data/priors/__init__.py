@@ -6,7 +6,8 @@ computed on a 224x224 copy, as in R2O appendix A.1); callers map it into views w
 ``discovery.align.align_masks``. Ids are relabelled after segmentation and stored as int32, so they
 never wrap (DetCon's public code casts to uint8, which silently merges segments past 255).
 
-One file per prior, each registering itself (`registry.register_prior`) under its ``data.prior`` name:
+One file per prior in this package (every module here is imported), each registering itself
+(`registry.register_prior`) under its ``data.prior`` name:
 
 * ``slic`` (:func:`slic_prior`) - SLIC superpixels (R2O: 100 segments on a 224x224 copy).
 * ``felzenszwalb`` (:func:`felzenszwalb_prior`) - Felzenszwalb-Huttenlocher segmentation (DetCon's parameters).
@@ -18,6 +19,9 @@ cache (``RegionPriorCache``) is ``discorep.data.prior_cache``, which imports thi
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 # The bundled priors register in this order, the order error messages list them in.
 from discorep.data.priors.slic import slic_prior  # noqa: I001
@@ -52,5 +56,10 @@ __all__ = [
     "resolve_params",
     "slic_prior",
 ]
+
+# Any other file of this package is a prior too: adding one needs no edit here.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 PRIOR_NAMES: tuple[str, ...] = prior_names()  # the bundled priors; prior_names() also lists later registrations
