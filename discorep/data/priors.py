@@ -38,8 +38,7 @@ __all__ = [
 ]
 
 
-class PriorError(ValueError):
-    """Bad prior name, parameter or input image; the message says what is accepted."""
+from discorep.errors import PriorError  # noqa: F401,E402 (re-export)
 
 
 def relabel_contiguous(labels: np.ndarray) -> np.ndarray:

@@ -29,12 +29,7 @@ from torchvision.ops import roi_align
 from discorep import hostsync
 
 
-class LabelIdError(ValueError):
-    """A label map holds an id outside [-1, num_masks)."""
-
-
-class AlignInputError(ValueError):
-    """Shapes, dtypes, devices or boxes passed to `align_masks` are inconsistent."""
+from discorep.errors import AlignInputError, LabelIdError  # noqa: F401,E402 (re-export)
 
 
 @dataclass
