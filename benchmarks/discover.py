@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import list_images, load_rgb
 from discorep.eval import discover as discover_mod
 from discorep.eval import segment as segment_mod

@@ -25,7 +25,8 @@ from scipy import ndimage
 from segmetric.evaluation import _evaluate_sequence
 from segmetric.metrics import db_eval_boundary, db_eval_iou
 
-from discorep.data.demo import davis_palette, make_videos
+from discorep.apps.demodata.scenes import make_videos
+from discorep.data.palette import davis_palette
 from discorep.data.images import DatasetError
 from discorep.eval import video
 from discorep.eval.davis_metrics import (

@@ -28,7 +28,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from discorep.data.demo import davis_palette
+from discorep.data.palette import davis_palette
 from discorep.data.images import DatasetError, is_image_file, load_rgb
 from discorep.errors import UsageError
 from discorep.eval.backbone import (
