@@ -144,7 +144,7 @@ def test_export_photos_roundtrip(tmp_path):
 
 
 def test_build_demo_data_idempotent(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "_PHOTOS", ("astronaut",))  # keep the test fast
+    monkeypatch.setattr(photos, "PHOTOS", ("astronaut",))  # keep the test fast
     kw = dict(n_train=3, n_val=2, n_videos=1, image_size=(64, 64))
     out = build.build_demo_data(tmp_path, **kw)
     assert set(out) == {"scenes_train", "scenes_val", "videos", "photos", "scenes_photo_train", "pretrain_mix"}
