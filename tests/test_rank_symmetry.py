@@ -27,7 +27,7 @@ from tests.distributed_tools import cpu_syncbn, dump, record_collectives
 from tests.helpers import free_port, tiny_config
 from tests.test_periodic_eval import _colour_folders
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~50 s per method on 2 cores
 
 NONFINITE_STEP, SIGTERM_STEP = 2, 5
 

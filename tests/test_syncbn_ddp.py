@@ -28,7 +28,7 @@ from discorep.engine.train import pretrain
 from tests.distributed_tools import cpu_syncbn
 from tests.helpers import free_port, tiny_config
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # the paper-scale SyncBN path; test_ddp.py stays fast
 
 
 def per_image_masks(self, batch, info, K):
