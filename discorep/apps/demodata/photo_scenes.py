@@ -31,7 +31,7 @@ def _photo_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _photo_texture(rng: np.random.Generator) -> np.ndarray:
-    return scenes.photo_patch(rng) if rng.random() < PHOTO_TEXTURE_P else scenes.texture(rng)
+    return scenes.photo_patch(rng) if rng.random() < PHOTO_TEXTURE_P else scenes.random_texture(rng)
 
 
 def make_photo_scenes(out_dir: str | os.PathLike, n_images: int, *, seed: int,

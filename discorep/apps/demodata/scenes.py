@@ -1,8 +1,7 @@
 """Demo scenes (COCO) and short videos (DAVIS layout): textured shapes on textured backgrounds.
 
-Objects are painted back to front;
-each instance mask is exactly the set of pixels the object still owns after painting, so
-masks are disjoint and pixel-exact. Everything derives from ``np.random.default_rng((seed, i))``
+Objects are painted back to front; each instance mask is exactly the set of pixels the object still
+owns after painting, so masks are disjoint and pixel-exact. Everything derives from ``np.random.default_rng((seed, i))``
 and scikit-image's bundled images, so the same arguments give byte-identical files.
 """
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from discorep.apps.demodata import photos
 from discorep.data.palette import davis_palette
 
-__all__ = ["CATEGORIES", "SceneStyle", "davis_palette", "make_scenes", "make_videos", "photo_patch", "texture"]
+__all__ = ["CATEGORIES", "SceneStyle", "davis_palette", "make_scenes", "make_videos", "photo_patch", "random_texture"]
 
 CATEGORIES: tuple[str, ...] = ("disk", "ellipse", "rectangle", "triangle", "star", "ring")  # COCO ids 1..6
 _BACKGROUNDS = ("brick", "grass", "gravel")
@@ -43,7 +42,7 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return np.round(np.array(rgb) * 255.0)
 
 
-def texture(rng: np.random.Generator) -> np.ndarray:
+def random_texture(rng: np.random.Generator) -> np.ndarray:
     """A (_TEX, _TEX, 3) float texture: flat, stripes, checker, noise or a photo crop."""
     has_photos = bool(photos.available(photos.TEXTURE_PHOTOS))
     kinds = ["flat", "stripes", "checker", "noise"] + (["photo"] if has_photos else [])
@@ -113,7 +112,7 @@ class SceneStyle:
 
 
 def _random_obj(rng: np.random.Generator, h: int, w: int, category: int | None = None,
-                texture: Callable[[np.random.Generator], np.ndarray] = texture) -> _Obj:
+                texture: Callable[[np.random.Generator], np.ndarray] = random_texture) -> _Obj:
     side = min(h, w)
     category = int(rng.integers(1, len(CATEGORIES) + 1)) if category is None else category
     return _Obj(
@@ -178,7 +177,7 @@ def _scene(
     rng: np.random.Generator, h: int, w: int, n_min: int, n_max: int, style: SceneStyle | None = None
 ) -> tuple[np.ndarray, list[_Obj], np.ndarray]:
     """Sample objects until at least ``n_min`` remain visible; drop near-invisible ones."""
-    background, texture = (style.background, style.texture) if style else (_background, texture)
+    background, texture = (style.background, style.texture) if style else (_background, random_texture)
     min_area = max(16, int(0.004 * h * w))
     bg = background(rng, h, w)
     for _ in range(50):
