@@ -1,11 +1,11 @@
-# The two commands a user needs: `make demo` and `make test`.
+# The two commands a user needs: `make demo` and `make test` (`make test-all` adds the slow tier).
 # Both create (or reuse) .venv/ and install the pinned dependencies first.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean reliability
+.PHONY: demo test test-slow test-all venv clean reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -22,7 +22,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/discorep demo
 
+# Two tiers (docs/testing.md): `test` is the fast one (about 10 min on 2 cores; what CI runs first),
+# `test-slow` the end-to-end tier marked `slow` (demo, study, compile, long DDP runs; CI runs it second),
+# `test-all` both in one run.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 # The reliability suite alone; rewrites its results table in docs/reliability_results.md.

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.step_time import METHODS as STEP_METHODS, make_config, time_data  # noqa: E402
 from benchmarks.throughput import time_ceiling  # noqa: E402
-from discorep.data.demo import make_scenes  # noqa: E402
+from discorep.apps.demodata.scenes import make_scenes  # noqa: E402
 from discorep.discovery.kmeans import batched_kmeans  # noqa: E402
 from discorep.engine import builders  # noqa: E402
 from discorep.engine.distributed import DistInfo  # noqa: E402

@@ -32,9 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import load_rgb
-from discorep.data.pretrain import resize_labels, sample_seed
+from discorep.data.labelmaps import resize_nearest
+from discorep.data.pretrain import sample_seed
 from discorep.engine import builders
 from discorep.engine.config import Config
 from discorep.engine.configio import load_config
@@ -78,7 +79,7 @@ def breakdown(dataset, samples: int) -> dict[str, float]:
         t2 = time.perf_counter()
         if dataset.prior_cache is not None:
             labels = dataset.prior_cache.get(dataset.prior_key(i), dataset.paths[i])
-            resize_labels(torch.from_numpy(np.asarray(labels, dtype=np.int64)), dataset.prior_size)
+            resize_nearest(torch.from_numpy(np.asarray(labels, dtype=np.int64)), dataset.prior_size, dataset.prior_size)
         t3 = time.perf_counter()
         parts["decode"].append((t1 - t0) * 1e3)
         parts["views"].append((t2 - t1) * 1e3)

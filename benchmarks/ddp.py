@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--nprocs must start with 1 (the reference)")
     if args.steps <= args.skip:
         raise SystemExit("--steps must exceed --skip")
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
 
     n_images = args.images or args.batch * max(nprocs) * args.steps
     runs: dict[str, list[dict]] = {str(n): [] for n in nprocs}

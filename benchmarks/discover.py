@@ -29,11 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import list_images, load_rgb
 from discorep.eval import discover as discover_mod
 from discorep.eval import segment as segment_mod
-from discorep.eval.backbone import dense_features, load_model, normalize_images
+from discorep.eval.backbone import load_model, normalize_images
+from discorep.models.dense import dense_features
 
 TARGET = 0.50
 STAGES = ("load_model", "decode", "forward", "kmeans", "refine", "write")
@@ -86,10 +87,10 @@ def _forward_only(model, paths: list[Path], size: int, batch: int, features: str
     tensors = [segment_mod.prepare(load_rgb(p), size) for p in paths]
     chunks = [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
     with torch.no_grad():
-        dense_features(model, normalize_images(chunks[0]), features)  # warm-up
+        dense_features(model, normalize_images(chunks[0]), features, project="fpn")  # warm-up
         t0 = time.perf_counter()
         for x in chunks:
-            dense_features(model, normalize_images(x), features)
+            dense_features(model, normalize_images(x), features, project="fpn")
     return (time.perf_counter() - t0) * 1e3
 
 

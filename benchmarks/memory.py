@@ -213,7 +213,7 @@ def run_monitored(cmd: list[str], env: dict | None = None, cwd: Path = ROOT, int
 
 
 def run_train(args) -> dict:
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -239,7 +239,7 @@ def _vm(field: str) -> float:
 
 def one_step(args) -> dict:
     """In this process: one method at the given scale; RSS before and peak during the steps."""
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
     from discorep.engine import builders
     from discorep.engine.config import Config
     from discorep.engine.configio import load_config

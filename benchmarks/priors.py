@@ -32,7 +32,7 @@ from skimage.segmentation import slic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import load_rgb
 from discorep.data.prior_cache import RegionPriorCache
 

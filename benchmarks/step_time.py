@@ -31,7 +31,7 @@ from torch.autograd import DeviceType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import builders
 from discorep.engine.config import Config
 from discorep.engine.configio import deep_merge, from_dict

@@ -40,7 +40,7 @@ from benchmarks.step_time import (
     time_data,
     time_steps,
 )
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import builders
 from discorep.engine.config import Config
 from discorep.models.backbones import Encoder

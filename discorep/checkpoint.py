@@ -7,11 +7,9 @@ once completely written (temp file + fsync + ``os.replace``), so `latest_checkpo
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -19,10 +17,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from discorep.fileio import atomic_write
 from discorep.runs import (CheckpointError, checkpoint_path, current_umask, latest_checkpoint,  # noqa: F401
                            list_checkpoints as _list_checkpoints, resolve_checkpoint)
 
-_TEMP_RE = re.compile(r"^\.step_\d+\.pt\..+\.tmp$")  # what `_write_atomic` names its temp files
+_TEMP_RE = re.compile(r"^\.step_\d+\.pt\..+\.tmp$")  # what `fileio.atomic_write` names its temp files
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -62,38 +61,6 @@ def _previous_checkpoint(path: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; not every platform/filesystem allows opening a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(data: memoryview, path: Path) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        # mkstemp creates 0600; the final file gets what open() would give it (0666 minus the umask).
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Atomically save ``state`` (tensors and plain containers only) to ``path``; returns the path.
 
@@ -109,7 +76,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         raise CheckpointError(f"cannot serialise the checkpoint state for {path}: {exc}") from exc
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(buffer.getbuffer(), path)
+        atomic_write(path, buffer.getbuffer())
     except OSError as exc:
         previous = _previous_checkpoint(path)
         kept = (f"the previous checkpoint {previous} is intact" if previous

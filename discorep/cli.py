@@ -26,7 +26,7 @@ DEMO_CONFIG = "r2o_contrastive_cpu_demo.yaml"  # bundled with the package (disco
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
     A.check_writable_dir(args.out, "--out")
-    from discorep.data.demo import build_demo_data
+    from discorep.apps.demodata.build import build_demo_data
 
     paths = build_demo_data(args.out, force=args.force)
     for name, path in paths.items():
@@ -61,7 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from discorep.configfiles import find_config
 
     config = find_config(args.config)
-    from discorep.demo import run_demo
+    from discorep.apps.demo import run_demo
 
     run_demo(config=str(config), data_root=args.data, overrides=args.overrides)
     return 0
@@ -71,8 +71,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from discorep.configfiles import find_config
 
     config = find_config(args.config)
-    from discorep.study.runner import run_study
-    from discorep.study.spec import load_study
+    from discorep.apps.study.runner import run_study
+    from discorep.apps.study.spec import load_study
 
     spec = load_study(config, quick=args.quick)
     command = f"discorep study --config {args.config}" + (" --quick" if args.quick else "")

@@ -18,8 +18,7 @@ from typing import Optional
 NAME_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the file and what to do."""
+from discorep.errors import CheckpointError  # noqa: F401,E402 (re-export)
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from discorep.data.labelmaps import resize_nearest
 from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -34,15 +34,9 @@ def denormalize(x: torch.Tensor) -> np.ndarray:
     return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def upsample_labels(labels: torch.Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest upsampling of an (h, w) label map to (height, width)."""
-    t = torch.as_tensor(np.asarray(labels)).float()[None, None]
-    return F.interpolate(t, size=(height, width), mode="nearest-exact")[0, 0].long().numpy()
-
-
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Blend a colour per segment over the image and draw segment boundaries in white."""
-    labels = upsample_labels(labels, *image.shape[:2]) if labels.shape != image.shape[:2] else labels
+    labels = resize_nearest(np.asarray(labels), *image.shape[:2])
     colours = palette(int(labels.max()) + 1 if labels.size else 1)
     colour = np.where(labels[..., None] >= 0, colours[labels.clip(min=0)], 0)
     out = (image * (1 - alpha) + colour * alpha).astype(np.uint8)
@@ -58,7 +52,7 @@ def grid_picture(images: list[np.ndarray], labels: list[np.ndarray], tile: int =
     pairs = []
     for img, lab in zip(images, labels):
         im = np.asarray(Image.fromarray(img).resize((tile, tile), Image.BICUBIC))
-        lab_t = upsample_labels(lab, tile, tile)
+        lab_t = resize_nearest(np.asarray(lab), tile, tile)
         pairs.append(np.concatenate([im, overlay(im, lab_t)], axis=1))
     per_row = min(4, max(1, len(pairs)))
     blank = np.zeros_like(pairs[0])

@@ -12,7 +12,8 @@ from torchvision.transforms import InterpolationMode
 
 from discorep.data.views import ViewConfig, ViewSampler, crop_to_view
 from discorep.discovery.align import (AlignedMasks, AlignInputError, LabelIdError, align_masks, align_masks_views,
-                                      align_onehot_views, hard_masks, labels_to_onehot)
+                                      hard_masks)
+from tests.oracles import align_onehot_views, labels_to_onehot
 
 # 4x4 label map; grid 2 over the whole map makes each cell exactly 2x2 label pixels.
 LABELS = torch.tensor([[0, 0, 1, 1],

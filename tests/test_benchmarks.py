@@ -153,6 +153,7 @@ def test_memory_benchmark_reports_peaks(tmp_path):
     assert step["peak_rss_mb"] >= step["rss_before_step_mb"]
 
 
+@pytest.mark.slow
 def test_accelerator_check_tiny_runs_every_path_and_passes(tmp_path):
     """The CPU rehearsal of benchmarks/accelerator_check.py: the same code paths the GPU check runs."""
     from benchmarks.accelerator_check import METHODS, main

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import builders
 from discorep.engine.configio import ConfigError
 from discorep.engine.train import pretrain

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from discorep.engine.train import pretrain

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import train as train_mod
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from discorep.data.datasets import ImageFolder
-from discorep.demo import run_demo
+from discorep.apps.demo import run_demo
 from discorep.engine.train import ResumeConfigError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "r2o_contrastive_cpu_demo.yaml"  # make demo's

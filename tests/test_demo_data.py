@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from discorep.data import demo
+from discorep.apps.demodata import build, photos
+from discorep.apps.demodata import scenes as demo
 from discorep.data.datasets import CocoDataset
 from discorep.data.images import load_rgb
 
@@ -135,7 +136,7 @@ def test_videos_deterministic(videos, tmp_path):
 def test_export_photos_roundtrip(tmp_path):
     from skimage import data
 
-    paths = demo.export_photos(tmp_path)
+    paths = photos.export_photos(tmp_path)
     names = {p.stem for p in paths}
     assert {"astronaut", "coffee", "chelsea"} <= names
     astro = np.asarray(load_rgb(tmp_path / "astronaut.png"))
@@ -143,9 +144,9 @@ def test_export_photos_roundtrip(tmp_path):
 
 
 def test_build_demo_data_idempotent(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "_PHOTOS", ("astronaut",))  # keep the test fast
+    monkeypatch.setattr(photos, "PHOTOS", ("astronaut",))  # keep the test fast
     kw = dict(n_train=3, n_val=2, n_videos=1, image_size=(64, 64))
-    out = demo.build_demo_data(tmp_path, **kw)
+    out = build.build_demo_data(tmp_path, **kw)
     assert set(out) == {"scenes_train", "scenes_val", "videos", "photos", "scenes_photo_train", "pretrain_mix"}
     train = json.loads((out["scenes_train"] / "annotations.json").read_text())
     val = json.loads((out["scenes_val"] / "annotations.json").read_text())
@@ -153,11 +154,11 @@ def test_build_demo_data_idempotent(tmp_path, monkeypatch):
     assert _files(out["scenes_train"] / "images")["scene_000000.png"] != _files(out["scenes_val"] / "images")[
         "scene_000000.png"]  # different seeds: held-out val is not a copy of train
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    assert demo.build_demo_data(tmp_path, **kw) == out
+    assert build.build_demo_data(tmp_path, **kw) == out
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamp  # nothing redone
-    demo.build_demo_data(tmp_path, **{**kw, "n_train": 4})
+    build.build_demo_data(tmp_path, **{**kw, "n_train": 4})
     assert len(list((out["scenes_train"] / "images").glob("*.png"))) == 4
     assert json.loads((tmp_path / "demo_data.json").read_text())["n_train"] == 4
     (out["photos"] / "astronaut.png").unlink()
-    demo.build_demo_data(tmp_path, **{**kw, "n_train": 4}, force=True)
+    build.build_demo_data(tmp_path, **{**kw, "n_train": 4}, force=True)
     assert (out["photos"] / "astronaut.png").is_file()

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from discorep.data.demo import davis_palette, make_scenes
+from discorep.apps.demodata.scenes import make_scenes
+from discorep.data.palette import davis_palette
 from discorep.data.semantic import CocoSemantic, VocLayout, open_semantic, write_voc_layout
 from discorep.eval import corloc as corloc_mod
 from discorep.eval.backbone import EvalModel
@@ -256,9 +257,9 @@ def test_study_runs_the_dense_tasks_and_shows_their_columns(tmp_path):
     from pathlib import Path
 
     from discorep.eval.backbone import load_model
-    from discorep.study.report import table
-    from discorep.study.runner import dense_tasks
-    from discorep.study.spec import load_study
+    from discorep.apps.study.report import table
+    from discorep.apps.study.runner import dense_tasks
+    from discorep.apps.study.spec import load_study
 
     spec = load_study(Path(__file__).resolve().parents[1] / "configs" / "study_cpu.yaml", quick=True)
     spec.eval.dense_size, spec.eval.linear_seg_epochs, spec.eval.overcluster_k = 64, 2, "classes,12"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from discorep.checkpoint import CheckpointError
 from discorep.cli import main
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import DatasetError
 from discorep.eval.backbone import EvalModel
 from discorep.eval.discover import output_names, run_discover

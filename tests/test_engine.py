@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.train import pretrain
 from tests.helpers import final_state, losses_by_step, tiny_config
 

@@ -18,8 +18,9 @@ from discorep.data.images import DatasetError
 from discorep.eval import knn, linear
 from discorep.eval.backbone import load_model
 from discorep.eval.features import extract_global_features, topk_accuracy
-from discorep.eval.knn import knn_classify, knn_scores
+from discorep.eval.knn import knn_scores
 from discorep.eval.linear import train_linear_probe
+from tests.oracles import knn_classify
 
 
 def _loop_knn(train_f, train_y, test_f, k, T, C):

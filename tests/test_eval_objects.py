@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from discorep.cli import main
 from discorep.data.datasets import CocoDataset
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import DatasetError
 from discorep.eval import foreground as foreground_mod
 from discorep.eval import objects as objects_mod

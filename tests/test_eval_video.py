@@ -25,7 +25,8 @@ from scipy import ndimage
 from segmetric.evaluation import _evaluate_sequence
 from segmetric.metrics import db_eval_boundary, db_eval_iou
 
-from discorep.data.demo import davis_palette, make_videos
+from discorep.apps.demodata.scenes import make_videos
+from discorep.data.palette import davis_palette
 from discorep.data.images import DatasetError
 from discorep.eval import video
 from discorep.eval.davis_metrics import (
@@ -204,7 +205,7 @@ def test_propagation_recovers_ground_truth_from_label_encoding_features(tmp_path
     onehot = torch.stack([torch.from_numpy(labels == i) for i in range(labels.max() + 1)], 1).float()
     frames, inputs = iter(onehot), []
 
-    def label_features(model, images, kind):
+    def label_features(model, images, kind, project=False):
         inputs.append(tuple(images.shape[-2:]))
         grid = (images.shape[-2] // 16, images.shape[-1] // 16)  # c4 stride
         return torch.stack([F.adaptive_avg_pool2d(next(frames), grid) for _ in images])

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from discorep import hostsync
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import builders
 from discorep.engine.distributed import DistInfo
 from discorep.methods import build_method

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
 from discorep.discovery import seeding
-from discorep.discovery.kmeans import (KMeansResult, _cluster_sums, _lloyd, batched_kmeans, batched_kmeans_ks,
-                                        pooled_kmeans)
+from discorep.discovery.kmeans import KMeansResult, _cluster_sums, _lloyd, batched_kmeans, batched_kmeans_ks
 from discorep.discovery.random import image_seeds
+from tests.oracles import pooled_kmeans
 
 
 def blobs(gen: torch.Generator, B: int, N: int, D: int, centers: int, spread: float = 0.15) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.train import pretrain
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo

@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from discorep.checkpoint import CheckpointError
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import builders
 from discorep.engine.config import Config
 from discorep.engine.configio import load_config

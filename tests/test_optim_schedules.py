@@ -13,13 +13,13 @@ from torchvision.models import resnet18
 
 from discorep.engine.optim import LARS, build_optimizer, clip_grad_norm, param_groups
 from discorep.engine.schedules import (
-    discrete_update_due,
     ema_tau_at,
     k_at,
     k_lr_scale,
     lr_at,
     scaled_lr,
 )
+from tests.oracles import discrete_update_due
 
 # --------------------------------------------------------------------------------------------- LARS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, from_dict
 from discorep.engine import builders

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.train import pretrain
 from tests.helpers import tiny_config
 

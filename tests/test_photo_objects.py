@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from discorep.data.datasets import CocoDataset
-from discorep.data.photo_objects import coin_instances, make_photo_objects
+from discorep.apps.demodata.photo_objects import coin_instances, make_photo_objects
 
 
 def test_coins_photo_gives_its_24_coins():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from discorep.data import demo, photo_objects
+from discorep.apps.demodata import photo_objects, photos
 from discorep.data.datasets import ImageFolder
-from discorep.data.photo_scenes import _photo_background, make_photo_scenes, mix_folders
+from discorep.apps.demodata.photo_scenes import _photo_background, make_photo_scenes, mix_folders
 from discorep.data.pretrain import PretrainDataset
 
 
@@ -18,15 +18,15 @@ def test_training_photos_never_appear_in_the_held_out_photo_sets():
     # The real-photo composites are the demo's "photos it was never trained on": their coins and
     # backgrounds must stay out of every photo the pretraining scenes draw from.
     held_out = set(photo_objects._BACKGROUND_PHOTOS) | {"coins"}
-    assert held_out.isdisjoint(demo._TEXTURE_PHOTOS)
+    assert held_out.isdisjoint(photos.TEXTURE_PHOTOS)
 
 
 def test_background_is_an_untinted_crop_of_a_training_photo(monkeypatch):
     photo = np.zeros((100, 120, 3), np.uint8)
     photo[:, :60] = (200, 10, 30)  # two flat halves: any crop holds only these colours (and blends)
     photo[:, 60:] = (5, 150, 90)
-    monkeypatch.setattr(demo, "_TEXTURE_PHOTOS", ("fake",))
-    monkeypatch.setattr(demo, "_skimage", lambda name: photo if name == "fake" else None)
+    monkeypatch.setattr(photos, "TEXTURE_PHOTOS", ("fake",))
+    monkeypatch.setattr(photos, "bundled_photo", lambda name: photo if name == "fake" else None)
     for seed in range(5):
         bg = _photo_background(np.random.default_rng(seed), 48, 40).reshape(-1, 3)
         assert bg.shape == (48 * 40, 3)

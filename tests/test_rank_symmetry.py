@@ -20,14 +20,14 @@ import torch
 import torch.multiprocessing as mp
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from tests.distributed_tools import cpu_syncbn, dump, record_collectives
 from tests.helpers import free_port, tiny_config
 from tests.test_periodic_eval import _colour_folders
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~50 s per method on 2 cores
 
 NONFINITE_STEP, SIGTERM_STEP = 2, 5
 

@@ -158,7 +158,7 @@ def test_eval_objects_records_refine_and_refined_proposals_fit_flat_scenes_bette
     """Scenes of flat shapes: superpixel-aligned proposals cover objects better than 16-px blocks
     (a random network's features, K=2..16); the JSON records the choice. Scene seeds 1-5 gave margins
     of +0.035 to +0.17 ABO_i at 64 superpixels; seed 3 is the smallest."""
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
     from discorep.eval import objects
 
     ann = make_scenes(tmp_path, 4, seed=3, image_size=(96, 96))

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from discorep.cli import main
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
 from discorep.data.pretrain import (
     PretrainDataset,

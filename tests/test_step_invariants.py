@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.discovery.kmeans import batched_kmeans
 from discorep.engine.distributed import DistInfo
 from discorep.engine.train import Trainer, pretrain

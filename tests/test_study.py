@@ -12,8 +12,8 @@ from PIL import Image
 
 from discorep.cli import main
 from discorep.engine.configio import ConfigError
-from discorep.study.report import cell, mean_std, orderings
-from discorep.study.spec import dotted, load_study
+from discorep.apps.study.report import cell, mean_std, orderings
+from discorep.apps.study.spec import dotted, load_study
 
 STUDY = Path(__file__).resolve().parents[1] / "configs" / "study_cpu.yaml"
 
@@ -72,7 +72,7 @@ def test_slic_baseline_recovers_four_flat_quadrants(tmp_path):
     """Four flat colours in quadrants: SLIC with 4 regions finds them exactly (ABO 1); with 1 region
     (n_segments=2 gives one on a square) every quadrant's best overlap is 1/4 (hand computed)."""
     from discorep.data.datasets import CocoDataset
-    from discorep.study.baselines import slic_objects
+    from discorep.apps.study.baselines import slic_objects
 
     img = np.zeros((64, 96, 3), np.uint8)
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
@@ -93,8 +93,8 @@ def test_slic_baseline_recovers_four_flat_quadrants(tmp_path):
 
 
 def test_dominant_category_folders_follow_the_annotations(tmp_path):
-    from discorep.data.demo import make_scenes
-    from discorep.study.data import dominant_category_folders
+    from discorep.apps.demodata.scenes import make_scenes
+    from discorep.apps.study.data import dominant_category_folders
 
     make_scenes(tmp_path / "s", 12, seed=4, image_size=(48, 48))
     out = dominant_category_folders(tmp_path / "s" / "annotations.json", tmp_path / "s" / "images", tmp_path / "knn")
@@ -143,7 +143,7 @@ def test_grid_oracle_hand_computed(tmp_path):
     """32x32 image, 2x2 grid (16-px cells): a mask that is one cell is kept exactly (BO 1); a mask over
     the left 8 columns fills half of each left cell, rounds to the left 16 columns (BO 8/16)."""
     from discorep.data.datasets import CocoDataset
-    from discorep.study.baselines import grid_oracle_objects
+    from discorep.apps.study.baselines import grid_oracle_objects
 
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / "a.png")

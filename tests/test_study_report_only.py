@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import discorep.study.runner as runner
-from discorep.study.spec import load_study
+import discorep.apps.study.runner as runner
+from discorep.apps.study.spec import load_study
 
 STUDY = Path(__file__).parents[1] / "configs" / "study_cpu.yaml"
 

@@ -21,14 +21,14 @@ import torch
 import torch.multiprocessing as mp
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from discorep.engine.train import pretrain
 from tests.distributed_tools import cpu_syncbn
 from tests.helpers import free_port, tiny_config
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # the paper-scale SyncBN path; test_ddp.py stays fast
 
 
 def per_image_masks(self, batch, info, K):

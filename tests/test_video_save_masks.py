@@ -14,7 +14,7 @@ from PIL import Image
 from segmetric.metrics import db_eval_boundary, db_eval_iou
 
 from discorep.cli import main
-from discorep.data.demo import make_videos
+from discorep.apps.demodata.scenes import make_videos
 from discorep.eval import video
 
 

@@ -40,17 +40,7 @@ _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 
 
-class BadImageError(Exception):
-    """An image file that cannot be decoded; ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot load image {self.path!r}: {reason}")
-
-
-class DatasetError(Exception):
-    """A dataset folder or annotation file that is missing, empty or malformed."""
+from discorep.errors import BadImageError, DatasetError  # noqa: F401,E402 (re-export)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

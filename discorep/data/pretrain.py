@@ -14,10 +14,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from discorep.data.images import BadImageError, DatasetError, load_rgb
+from discorep.data.labelmaps import resize_nearest
 from discorep.data.views import ViewSampler
 
 
@@ -67,17 +67,10 @@ class PretrainDataset(Dataset):
             out = self.views(image, seed=seed)
             out["index"] = torch.tensor(j)
             if labels is not None:
-                out["prior"] = resize_labels(torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.prior_size)
+                out["prior"] = resize_nearest(torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.prior_size,
+                                              self.prior_size)
             return {**out, "skipped": skipped}
         return {"skip": skipped}
-
-
-def resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-neighbour resize of an (h, w) label map to (size, size), keeping int64 ids."""
-    if labels.shape == (size, size):
-        return labels
-    resized = F.interpolate(labels[None, None].float(), size=(size, size), mode="nearest-exact")
-    return resized[0, 0].long()
 
 
 def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:

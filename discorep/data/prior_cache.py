@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from discorep.data.priors import PriorError, compute_prior, prior_files, resolve_params
 from discorep.errors import Interrupted
+from discorep.fileio import atomic_write
 
 __all__ = ["CACHE_VERSION", "BuildStats", "PriorCacheWarning", "RegionPriorCache", "default_loader"]
 
@@ -300,18 +300,9 @@ class RegionPriorCache:
 
 
 def _atomic_write(target: Path, write: Callable[[Any], Any]) -> None:
-    """Write via a same-folder temp file + fsync + os.replace so readers never see partial files."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=target.suffix, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """`fileio.atomic_write` with the cache's temp names (swept by `clean_temp`); no fsync of the folder per
+    file: a rename lost in a power cut only costs a recompute."""
+    atomic_write(target, write, prefix=_TMP_PREFIX, suffix=target.suffix, sync_dir=False)
 
 
 def _abandon(pool: ProcessPoolExecutor) -> None:

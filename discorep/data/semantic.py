@@ -229,7 +229,7 @@ def write_voc_layout(source, out: str | Path) -> Path:
     out = Path(out)
     (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (out / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    from discorep.data.demo import davis_palette
+    from discorep.data.palette import davis_palette
 
     for i in range(len(source)):
         image, labels = source.load(i)

@@ -45,6 +45,7 @@ from discorep.data.shards import (
     shard_name,
 )
 from discorep.errors import UsageError
+from discorep.fileio import atomic_file, atomic_write
 
 __all__ = ["ShardSummary", "list_inputs", "write_shards"]
 
@@ -202,30 +203,22 @@ def _write_shard(out: Path, k: int, encoded: Iterable[Encoded], sources: str, ba
     name = shard_name(k)
     target, tmp = out / name, out / f"{name}.tmp"
     count, skipped = 0, []
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for key, rel, members, reason in encoded:
-                    bar.update(1)
-                    if members is None:
-                        skipped.append([rel, reason])
-                        continue
-                    for member, data in members:
-                        tar.addfile(_tar_info(member, len(data)), io.BytesIO(data))
-                    count += 1
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_file(target, temp_name=tmp.name) as f:  # a fixed temp name: swept by the next run
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, rel, members, reason in encoded:
+                bar.update(1)
+                if members is None:
+                    skipped.append([rel, reason])
+                    continue
+                for member, data in members:
+                    tar.addfile(_tar_info(member, len(data)), io.BytesIO(data))
+                count += 1
+        f.flush()
         digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+        with open(tmp, "rb") as g:
+            for block in iter(lambda: g.read(1 << 20), b""):
                 digest.update(block)
         table = scan_tar(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(out)
     record = {"name": name, "count": count, "bytes": target.stat().st_size, "sha256": digest.hexdigest(),
               "skipped": skipped, "sources": sources}
     _atomic_write(out / offsets_name(name), json.dumps(table.to_json(record)).encode("utf-8"))
@@ -325,23 +318,4 @@ def _mapper(workers: int | None, shard_size: int) -> Iterator[Callable[[Callable
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    atomic_write(target, data, temp_name=f"{target.name}.tmp")  # swept by the next run's "*.tmp" clean-up

@@ -39,7 +39,8 @@ from discorep.data.images import (
     DatasetError,
     decode_rgb,
 )
-from discorep.data.pretrain import PretrainDataset, resize_labels
+from discorep.data.labelmaps import resize_nearest
+from discorep.data.pretrain import PretrainDataset
 from discorep.data.views import ViewSampler
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_EXTS", "INDEX_NAME", "OffsetTable", "ShardIndex",
@@ -356,6 +357,6 @@ class ShardPretrainDataset(Dataset):
             out["index"] = torch.tensor(j)
             if sample.prior is not None:
                 labels = torch.from_numpy(np.asarray(sample.prior, dtype=np.int64))
-                out["prior"] = resize_labels(labels, self.prior_size)
+                out["prior"] = resize_nearest(labels, self.prior_size, self.prior_size)
             return {**out, "skipped": skipped}
         return {"skip": skipped}

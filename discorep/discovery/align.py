@@ -14,8 +14,8 @@ four bilinear weights to the ids of its four corner pixels (a scatter-add), whic
 computes over the one-hot channels (equal to float rounding; tests/test_align.py checks it against
 `roi_align` itself). Work and memory are then independent of the number of masks M: about
 B·(h + 2·gh)·(w + 2·gw) samples per view instead of the B·M·h·w float32 one-hot (64 images × 100 SLIC
-regions × 224² ≈ 1.2 GiB) that a literal RoIAlign call needs. `align_onehot_views` keeps the literal
-call for arbitrary non-negative weight maps.
+regions × 224² ≈ 1.2 GiB) that a literal RoIAlign call needs (the tests keep that call as their oracle,
+`tests/oracles.py`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align
 
 from discorep import hostsync
 
 
-class LabelIdError(ValueError):
-    """A label map holds an id outside [-1, num_masks)."""
-
-
-class AlignInputError(ValueError):
-    """Shapes, dtypes, devices or boxes passed to `align_masks` are inconsistent."""
+from discorep.errors import AlignInputError, LabelIdError  # noqa: F401,E402 (re-export)
 
 
 @dataclass
@@ -43,16 +37,6 @@ class AlignedMasks:
 
     soft: Tensor  # (B, M, gh, gw) float
     present: Tensor  # (B, M) bool
-
-
-def labels_to_onehot(labels: Tensor, num_masks: int) -> Tensor:
-    """(B, h, w) int ids in [-1, num_masks) → (B, M, h, w) float32 one-hot; id −1 gives all zeros."""
-    labels = _check_labels(labels, num_masks)
-    valid = labels >= 0
-    onehot = torch.zeros(labels.shape[0], num_masks, *labels.shape[1:], device=labels.device)
-    # Scatter 1 at each pixel's id; "no label" pixels scatter 0 into channel 0 (a no-op).
-    onehot.scatter_(1, labels.clamp(min=0).unsqueeze(1), valid.unsqueeze(1).float())
-    return onehot
 
 
 def _check_labels(labels: Tensor, num_masks: int) -> Tensor:
@@ -201,25 +185,6 @@ def _align_labels(labels: Tensor, num_masks: int, rois: Tensor, grid: tuple[int,
             del ids, weight
     out = out.view(R, num_masks + 1, gh, gw)[:, :num_masks]
     return out / count[:, None, None, None]
-
-
-def align_onehot_views(onehot: Tensor, frame_boxes: Tensor, view_boxes: list[Tensor], view_flips: list[Tensor],
-                       grid: tuple[int, int], *, min_cells: float = 0.5) -> list[AlignedMasks]:
-    """Align (B, M, h, w) masks (one-hot or any non-negative weights) into several views at once."""
-    B, M, h, w = onehot.shape
-    gh, gw = grid
-    device = onehot.device
-    frame_boxes = _check_boxes("frame_boxes", frame_boxes, B).to(device)
-    flips = _check_flips(view_flips, B, device)
-    if B == 0:
-        empty = AlignedMasks(onehot.new_zeros(0, M, gh, gw), torch.zeros(0, M, dtype=torch.bool, device=device))
-        return [empty for _ in view_boxes]
-    rois = torch.cat([_rois(frame_boxes, _check_boxes("view_boxes", vb, B).to(device), h, w) for vb in view_boxes])
-    # aligned=True: pixel (i, j) covers [j, j+1) × [i, i+1), the box convention. sampling_ratio=0 takes
-    # ceil(bin size) samples per bin and axis: at least one per label pixel, so the bilinear samples
-    # average to the cell's area fraction when downsampling (exact when bins are whole pixels).
-    soft_all = roi_align(onehot, rois, output_size=(gh, gw), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-    return [_finish(soft, flip, min_cells) for soft, flip in zip(soft_all.split(B), flips)]
 
 
 def hard_masks(soft: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 Odin (§3.1, A.4) clusters every image's dense features separately (K clusters per image): that is B
 independent problems, solved here in one batched pass. R2O (§3.1) clusters all region embeddings of a
-device's batch together: `pooled_kmeans`, i.e. one problem (B=1). Points are L2-normalised first by
+device's batch together: one problem (B=1). Points are L2-normalised first by
 default (Odin A.4: "vectors are L2 normalized before applying k-means"), so Euclidean k-means on unit
 vectors is cosine k-means.
 
@@ -28,7 +28,7 @@ from discorep import hostsync
 from discorep.precision import full_precision
 from discorep.discovery.seeding import Uniform, gather_rows, kmeanspp
 
-__all__ = ["KMeansResult", "batched_kmeans", "batched_kmeans_ks", "pooled_kmeans"]
+__all__ = ["KMeansResult", "batched_kmeans", "batched_kmeans_ks"]
 
 
 @dataclass
@@ -308,18 +308,3 @@ def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int
         raise ValueError(f"K must be a positive int, got {K!r}")
     return batched_kmeans_ks(x, [K], valid, iters=iters, tol=tol, seed=seed, normalize=normalize,
                              n_init=n_init, sync_every=sync_every)[K]
-
-
-def pooled_kmeans(x: Tensor, K: int, valid: Tensor | None = None, **kwargs) -> KMeansResult:
-    """R2O mode: one k-means over all N points (e.g. every region embedding of a device's batch).
-
-    x: (N, D), valid: (N,) bool or None; keyword arguments as `batched_kmeans`. Returns labels (N,),
-    centroids (K, D), inertia () (scalar tensor), n_iter.
-    """
-    if not isinstance(x, Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be an (N, D) tensor, got {getattr(x, 'shape', type(x))}")
-    if valid is not None and (not isinstance(valid, Tensor) or valid.shape != x.shape[:1]):
-        raise ValueError(f"valid must have shape (N,) = ({x.shape[0]},), "
-                         f"got {getattr(valid, 'shape', type(valid))}")
-    res = batched_kmeans(x.unsqueeze(0), K, None if valid is None else valid.unsqueeze(0), **kwargs)
-    return KMeansResult(res.labels[0], res.centroids[0], res.inertia[0], res.n_iter)

@@ -27,8 +27,7 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file, override or value is invalid; the message says which key and how to fix it."""
+from discorep.errors import ConfigError  # noqa: F401,E402 (re-export)
 
 
 class _Missing:

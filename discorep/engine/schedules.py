@@ -94,15 +94,3 @@ def k_lr_scale(K: int, reference: int = 16) -> float:
     public code multiplies by K(t)/16). An option the engine applies when ``lr_scale_by_k`` is set."""
     _check(reference >= 1, f"reference must be >= 1, got {reference}")
     return K / reference
-
-
-def discrete_update_due(epoch: float, every_epochs: int) -> bool:
-    """Odin's discrete discovery updates: λτ = 1 every ``every_epochs`` epochs, 0 otherwise (Odin §3.2).
-
-    Call at the start of epoch ``epoch`` (0-based count of completed epochs): True at positive whole
-    multiples of ``every_epochs`` (the discovery network starts as a copy, so epoch 0 needs no copy).
-    """
-    _check(every_epochs >= 1, f"every_epochs must be >= 1, got {every_epochs}")
-    if epoch <= 0 or epoch != int(epoch):
-        return False
-    return int(epoch) % every_epochs == 0

@@ -30,12 +30,7 @@ from discorep.runs import ensure_writable_dir, latest_checkpoint, move_aside
 log = logging.getLogger("discorep")
 
 
-class TooManyBadImagesError(RuntimeError):
-    pass
-
-
-class RunFolderError(ConfigError):
-    """The run folder already holds another run's checkpoints."""
+from discorep.errors import RunFolderError, TooManyBadImagesError  # noqa: F401,E402 (re-export)
 
 
 def check_environment(cfg: Config) -> None:

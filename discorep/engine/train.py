@@ -38,16 +38,7 @@ RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "tra
                     "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache", "model.compile")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class ResumeConfigError(ConfigError):
-    """`--resume` found a run trained with another config (or number of processes)."""
-
-
-class PeerLostError(RuntimeError):
-    """Another process of a distributed run died or stopped answering."""
+from discorep.errors import NonFiniteLossError, PeerLostError, ResumeConfigError  # noqa: F401,E402
 
 
 _PEER_FAILURE_HINTS = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout",

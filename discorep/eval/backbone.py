@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from discorep.checkpoint import CheckpointError, load_checkpoint, load_weights
 from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
-from discorep.errors import UsageError
 from discorep.models.backbones import ARCHS, Encoder
 from discorep.models.heads import MLP
 
@@ -115,29 +114,6 @@ def normalize_images(x: Tensor) -> Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-@torch.no_grad()
-def dense_features(model: EvalModel, images: Tensor, kind: str = "c5", project: bool = True) -> Tensor:
-    """(B, D, h, w) float features of normalised images.
-
-    kind: "c4", "c5" or "fpn". For "fpn", the projections z = g(h) are returned when the model has a
-    projector that fits the FPN width and `project` is set (Odin A.4: "with FPN, we use the
-    projections z"); otherwise the hidden vectors h.
-    """
-    # Our Encoder stops after the stage `kind` needs; other encoders (e.g. a user's module) get the plain call.
-    out = model.encoder(images, up_to=kind) if isinstance(model.encoder, Encoder) else model.encoder(images)
-    if kind not in out:
-        raise UsageError(f"features '{kind}' are not available for {model.source} "
-                         f"(available: {', '.join(sorted(out))})")
-    h = out[kind]
-    if kind == "fpn" and project and model.projector is not None:
-        first = next(p for p in model.projector.parameters() if p.dim() == 2)
-        if first.shape[1] == h.shape[1]:
-            B, C, gh, gw = h.shape
-            z = model.projector(h.flatten(2).transpose(1, 2))
-            h = z.transpose(1, 2).reshape(B, -1, gh, gw)
-    return h.float()
 
 
 def resize_for_eval(image: Tensor, size: int) -> Tensor:

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from discorep.data.images import DatasetError
 from discorep.data.semantic import open_semantic
-from discorep.eval.backbone import EvalModel, dense_features, normalize_images
+from discorep.eval.backbone import EvalModel, normalize_images
 from discorep.eval.dense_metrics import confusion
 from discorep.eval.items import PreparedSet
+from discorep.models.dense import dense_features
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: 
             good = [b for b in batch if "image" in b]
             if good:
                 feats = dense_features(model, normalize_images(torch.stack([b["image"] for b in good]).to(device)),
-                                       features)
+                                       features, project="fpn")
                 out.feats += [f.half().cpu() for f in feats]
                 out.labels += [b["truth"] for b in good]
                 out.paths += [b["path"] for b in good]

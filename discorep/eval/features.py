@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from discorep.data.datasets import ImageFolder
 from discorep.data.images import BadImageError, DatasetError
-from discorep.eval.backbone import EvalModel, dense_features, normalize_images
+from discorep.eval.backbone import EvalModel, normalize_images
 from discorep.eval.segment import prepare
+from discorep.models.dense import dense_features
 from discorep.models.modes import eval_mode
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _encode_all(model: EvalModel, loader: DataLoader, features: str, device, pro
             skipped.append((path, reason))
         if images is None:
             continue
-        maps = dense_features(model, normalize_images(images.to(device)), features)
+        maps = dense_features(model, normalize_images(images.to(device)), features, project="fpn")
         feats.append(global_pool(maps).cpu())
         indices.append(index)
     return feats, indices, skipped

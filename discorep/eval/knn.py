@@ -52,12 +52,6 @@ def knn_scores(train_f: Tensor, train_y: Tensor, test_f: Tensor, k: int = 20, te
     return torch.cat(blocks) if blocks else torch.zeros(0, num_classes)
 
 
-def knn_classify(train_f: Tensor, train_y: Tensor, test_f: Tensor, k: int = 20, temperature: float = 0.07,
-                 num_classes: int | None = None, chunk_rows: int = CHUNK_ROWS) -> Tensor:
-    """(M,) int64 predicted class of each test row (argmax of `knn_scores`)."""
-    return knn_scores(train_f, train_y, test_f, k, temperature, num_classes, chunk_rows).argmax(dim=1)
-
-
 def evaluate_knn(model: EvalModel, train_folder: str | os.PathLike | ImageFolder,
                  val_folder: str | os.PathLike | ImageFolder, size: int = 224, features: str = "c5",
                  device: torch.device | str = "cpu", k: int = 20, temperature: float = 0.07,

@@ -16,27 +16,26 @@ then has exactly uniform features at no extra cost (docs/evaluation.md has the m
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from discorep.data.labelmaps import resize_nearest
 from discorep.discovery.kmeans import batched_kmeans_ks
 from discorep.discovery.random import image_seeds
 from discorep.errors import UsageError
 from discorep.eval.refine import Refine, refine_labels
 from discorep.eval.backbone import (
     EvalModel,
-    dense_features,
     normalize_images,
     resize_for_eval,
 )
+from discorep.models.dense import dense_features
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128)  # 255 proposals per image (Odin §3.2)
 PADDINGS = ("zeros", "replicate")  # how the encoder's convolutions pad (see the module docstring)
@@ -89,7 +88,7 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     """
     device = next(model.encoder.parameters()).device
     with conv_padding(model.encoder, padding):
-        feats = dense_features(model, normalize_images(images.to(device)), features)
+        feats = dense_features(model, normalize_images(images.to(device)), features, project="fpn")
     B, D, h, w = feats.shape
     ids = torch.arange(B) if image_ids is None else image_ids
     seeds = image_seeds(seed, ids.to(device))
@@ -104,20 +103,7 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     return {k: results[c].labels.view(B, h, w).cpu() for k, c in clamped.items()}
 
 
-def upsample_nearest(labels: Tensor, height: int, width: int) -> np.ndarray:
-    """(h, w) grid labels → (height, width) int32 by nearest upsampling (torch's "nearest-exact").
-
-    Nearest resampling is separable, so it is one gather with a source row and a source column per
-    output pixel; interpolating the whole map as floats took ~16 ms per 480×640 map, 8 per discovered
-    image (benchmarks/discover.py, docs/performance.md).
-    """
+def upsample_nearest(labels: Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) grid labels → (height, width) int32 array by `data.labelmaps.resize_nearest`."""
     lab = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
-    rows, cols = _nearest_source(lab.shape[0], height), _nearest_source(lab.shape[1], width)
-    return lab[rows[:, None], cols[None, :]].astype(np.int32)
-
-
-@functools.lru_cache(maxsize=64)
-def _nearest_source(size_in: int, size_out: int) -> np.ndarray:
-    """Source index of every output position, asked of F.interpolate itself so rounding is identical."""
-    src = torch.arange(size_in, dtype=torch.float64).view(1, 1, size_in)
-    return F.interpolate(src, size=size_out, mode="nearest-exact")[0, 0].long().numpy()
+    return resize_nearest(lab, height, width).astype(np.int32)

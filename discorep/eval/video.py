@@ -28,18 +28,18 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from discorep.data.demo import davis_palette
 from discorep.data.images import DatasetError, is_image_file, load_rgb
+from discorep.data.palette import davis_palette
 from discorep.errors import UsageError
 from discorep.eval.backbone import (
     EvalModel,
-    dense_features,
     load_model,
     normalize_images,
 )
 from discorep.eval.davis_metrics import VOID, sequence_scores, summarize
 from discorep.eval.refine import Refine, region_vote
 from discorep.eval.report import print_table, resolve_device, write_json
+from discorep.models.dense import dense_features
 
 log = logging.getLogger("discorep")
 
@@ -120,7 +120,7 @@ def encode_frames(model: EvalModel, paths: list[Path], *, size: int, features: s
                   for p in paths[lo:lo + batch_size]]
         shape = input_shape(images[0].shape[1], images[0].shape[2], size, stride)
         x = torch.stack([TF.resize(img, list(shape), antialias=True) for img in images]).clamp(0, 1)
-        feats = F.normalize(dense_features(model, normalize_images(x.to(device)), features), dim=1)
+        feats = F.normalize(dense_features(model, normalize_images(x.to(device)), features, project="fpn"), dim=1)
         yield from feats
 
 

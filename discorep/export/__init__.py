@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discorep.checkpoint import CheckpointError, _write_atomic, load_checkpoint
+from discorep.checkpoint import CheckpointError, load_checkpoint
 from discorep.errors import UsageError
 from discorep.export.converters import CONVERTERS
+from discorep.fileio import atomic_write
 from discorep.models.backbones import ARCHS
 
 __all__ = ["TARGETS", "export_backbone", "online_backbone", "placeholder_note"]
@@ -118,7 +119,7 @@ def export_backbone(*, checkpoint: str | os.PathLike, to: str, out: str | os.Pat
     data = _serialise(payload, to)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(memoryview(data), out)
+        atomic_write(out, memoryview(data))
     except OSError as err:
         raise CheckpointError(f"could not write {out}: {err.strerror or err} "
                               "(an earlier file there is unchanged)") from err

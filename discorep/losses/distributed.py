@@ -65,41 +65,6 @@ def gather_with_sizes(x: Tensor) -> tuple[Tensor, list[int]]:
         return _gather_padded(x.detach(), sizes), sizes
 
 
-def all_gather_no_grad(x: Tensor) -> Tensor:
-    """Concatenation over ranks along dim 0, without gradient (for stop-gradient targets)."""
-    return gather_with_sizes(x)[0]
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """Forward: gather + cat along dim 0. Backward: this rank's slice of the summed gradient.
-
-    Every rank's loss may depend on every slice, so d(Σ_r L_r)/dx_rank = Σ_r (dL_r/dcat)[rank slice].
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        sizes = _gather_sizes(x)
-        rank = dist.get_rank()
-        ctx.start = sum(sizes[:rank])
-        ctx.stop = ctx.start + sizes[rank]
-        return _gather_padded(x, sizes)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.start:ctx.stop]
-
-
-def all_gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenation over ranks along dim 0 that passes gradients back to each rank's own slice."""
-    if not is_distributed():
-        return x
-    if x.ndim > 7 or x.ndim == 0:
-        raise ValueError(f"all_gather supports 1 to 7 dims, got shape {tuple(x.shape)}")
-    return _AllGatherWithGrad.apply(x)
-
-
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Sum over ranks (a new tensor; the input is untouched). Identity when not initialised."""
     if not is_distributed():

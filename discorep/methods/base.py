@@ -23,7 +23,7 @@ from discorep.losses.contrastive import contrastive_loss
 from discorep.models.backbones import Encoder
 from discorep.models.ema import ema_update_, make_ema_copy
 from discorep.models.heads import MLP
-from discorep.methods.discovery_net import dense_features
+from discorep.models.dense import dense_features
 
 
 @dataclass

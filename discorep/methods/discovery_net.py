@@ -1,4 +1,4 @@
-"""The object discovery network f_τ, g_τ (Odin §3.1) and dense feature extraction in eval mode.
+"""The object discovery network f_τ, g_τ (Odin §3.1); its features come from `models.dense.dense_features`.
 
 Discovery forwards run in eval mode: an image's segmentation then depends only on the image and the
 network, not on the rest of its batch — which is what makes cached segments (Odin's discrete
@@ -8,25 +8,10 @@ updates) and 1-vs-N-process runs consistent.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-from torch.profiler import record_function
+from torch import nn
 
 from discorep.engine.config import MethodConfig
 from discorep.models.ema import copy_params_, ema_update_, make_ema_copy
-from discorep.models.modes import eval_mode
-
-
-@torch.no_grad()
-@record_function("discorep/discovery_forward")
-def dense_features(branch: nn.Module, x: Tensor, feature: str, project: bool = False) -> Tensor:
-    """(B, D, h, w) features of `branch` (encoder [+ projector per vector]) with BN in eval mode."""
-    with eval_mode(branch):
-        h = branch.encoder(x, up_to=feature)[feature]
-        if project:
-            B, C, gh, gw = h.shape
-            z = branch.projector(h.flatten(2).transpose(1, 2))  # g applied to each vector (Odin §3.1)
-            h = z.transpose(1, 2).reshape(B, -1, gh, gw)
-    return h.float()
 
 
 class DiscoveryNet(nn.Module):

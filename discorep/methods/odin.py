@@ -17,7 +17,8 @@ from discorep.discovery.random import image_seeds
 from discorep.discovery.sources import feature_kmeans_labels
 from discorep.engine.config import Config
 from discorep.methods.base import PretrainMethod, StepInfo
-from discorep.methods.discovery_net import DiscoveryNet, dense_features
+from discorep.methods.discovery_net import DiscoveryNet
+from discorep.models.dense import dense_features
 
 
 class Odin(PretrainMethod):

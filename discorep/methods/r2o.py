@@ -22,7 +22,8 @@ from discorep.discovery.sources import cluster_masks, region_clusters, region_km
 from discorep.engine.config import Config
 from discorep.engine.schedules import k_at, k_lr_scale
 from discorep.methods.base import PretrainMethod, StepInfo
-from discorep.methods.discovery_net import DiscoveryNet, dense_features
+from discorep.methods.discovery_net import DiscoveryNet
+from discorep.models.dense import dense_features
 
 
 class R2O(PretrainMethod):

@@ -128,7 +128,7 @@ def test_enospc_keeps_previous_checkpoint(outcome, tmp_path: Path, monkeypatch, 
     if fail_in == "fsync":
         monkeypatch.setattr(os, "fsync", no_space)
     else:
-        monkeypatch.setattr("discorep.checkpoint.os.fdopen",
+        monkeypatch.setattr("discorep.fileio.os.fdopen",
                             lambda fd, mode: _FailingFile(fd))
     for target in (checkpoint_path(tmp_path, 2), old):  # a new step, and overwriting the same file
         with pytest.raises(CheckpointError) as info:

@@ -97,7 +97,7 @@ def test_cuda_asked_without_a_gpu_is_one_line(outcome, photos, tmp_path, capsys)
 
 
 def test_eval_out_that_cannot_be_written_is_refused_before_evaluating(outcome, tmp_path, capsys, monkeypatch):
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
     import discorep.eval.objects as objects
 
     make_scenes(tmp_path / "scenes", 2, seed=5, image_size=(64, 64))

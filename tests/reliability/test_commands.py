@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from discorep.cli import main
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 
 GOOD = {  # name -> (PIL image builder, save kwargs); sizes vary so outputs can be checked per image
     "grey.png": (lambda: Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))), {}),

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, save_config, to_dict
 from discorep.engine.train import pretrain
@@ -72,6 +72,7 @@ def test_surviving_process_exits_quickly_with_a_clear_message(outcome, scenes, t
     outcome("fault", "DDP peer killed (2 gloo processes)", f"PeerLostError after {float(report[0]):.1f} s naming step and checkpoint")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_auto_ends_bit_identical(outcome, scenes, tmp_path):
     extra = {"train": {"epochs": 3, "checkpoint_every": 2}}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads for both runs: same float reductions

@@ -46,7 +46,7 @@ def test_no_progress_bar_when_output_is_not_a_terminal(tmp_path, capsys):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "in" / f"{i}.png")
     assert main(["discover", "--checkpoint", "random:resnet18", "--images", str(tmp_path / "in"), "--out",
                  str(tmp_path / "o"), "--k", "2", "--size", "64", "--features", "c4"]) == 0
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
 
     make_scenes(tmp_path / "scenes", 3, seed=4, image_size=(64, 64))
     assert main(["eval", "objects", "--checkpoint", "random:resnet18", "--coco", str(tmp_path / "scenes" / "annotations.json"),
@@ -56,7 +56,7 @@ def test_no_progress_bar_when_output_is_not_a_terminal(tmp_path, capsys):
 
 
 def test_pretraining_logs_its_expected_duration(tmp_path, caplog):
-    from discorep.data.demo import make_scenes
+    from discorep.apps.demodata.scenes import make_scenes
     from discorep.engine.train import pretrain
     from tests.helpers import tiny_config
 

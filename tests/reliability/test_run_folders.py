@@ -17,7 +17,7 @@ from PIL import Image
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.cli import main
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import DatasetError
 from discorep.engine.configio import ConfigError, save_config, to_dict
 from discorep.engine.train import RunFolderError, TooManyBadImagesError, pretrain

@@ -10,7 +10,7 @@ import sys
 import time
 
 from discorep.checkpoint import latest_checkpoint, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.configio import save_config
 from tests.helpers import steps_logged, tiny_config
 

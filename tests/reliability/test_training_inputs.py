@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from discorep.checkpoint import CheckpointError
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.configio import ConfigError
 from discorep.engine.train import NonFiniteLossError, pretrain
 from tests.helpers import final_state, losses_by_step, tiny_config

@@ -8,8 +8,7 @@ import numpy as np
 from PIL import Image
 
 
-class PriorError(ValueError):
-    """Bad prior name, parameter or input image; the message says what is accepted."""
+from discorep.errors import PriorError  # noqa: F401 (re-export; every user-facing error lives in discorep.errors)
 
 
 def relabel_contiguous(labels: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from discorep.data.demo import random_square_crop
+from discorep.apps.demodata.photos import random_square_crop
 
 _BACKGROUND_PHOTOS = ("camera", "moon", "clock", "retina", "motorcycle")
 _VERSION = 2

@@ -24,9 +24,9 @@ from discorep.eval.knn import evaluate_knn
 from discorep.eval.objects import evaluate_objects
 from discorep.eval.report import resolve_device, write_json
 from discorep.eval.video import evaluate_video
-from discorep.study.baselines import grid_oracle_objects, slic_foreground, slic_objects
-from discorep.study.data import study_data, study_data_paths
-from discorep.study.spec import DENSE_TASKS, RunSpec, StudySpec, dotted
+from discorep.apps.study.baselines import grid_oracle_objects, slic_foreground, slic_objects
+from discorep.apps.study.data import study_data, study_data_paths
+from discorep.apps.study.spec import DENSE_TASKS, RunSpec, StudySpec, dotted
 
 log = logging.getLogger("discorep")
 
@@ -205,7 +205,7 @@ def run_study(spec: StudySpec, command: str, report_only: bool = False) -> Path:
     """
     from tqdm import tqdm
 
-    from discorep.study.report import write_report
+    from discorep.apps.study.report import write_report
 
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
@@ -229,7 +229,7 @@ def run_study(spec: StudySpec, command: str, report_only: bool = False) -> Path:
 
 def _report_only(spec: StudySpec, command: str, t0: float) -> Path:
     """The report from the results on disk as they are: nothing generated, trained or evaluated (seconds)."""
-    from discorep.study.report import write_report
+    from discorep.apps.study.report import write_report
 
     folder = Path(spec.out_dir) / "per_run"
     results: dict[str, list[dict]] = {run.name: [] for run in spec.runs}

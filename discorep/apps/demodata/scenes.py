@@ -1,14 +1,12 @@
-"""Deterministic, offline demo data: multi-object scenes (COCO), short videos (DAVIS), photos.
+"""Demo scenes (COCO) and short videos (DAVIS layout): textured shapes on textured backgrounds.
 
-Scenes are textured shapes on textured backgrounds. Objects are painted back to front;
-each instance mask is exactly the set of pixels the object still owns after painting, so
-masks are disjoint and pixel-exact. Everything derives from ``np.random.default_rng((seed, i))``
+Objects are painted back to front; each instance mask is exactly the set of pixels the object still
+owns after painting, so masks are disjoint and pixel-exact. Everything derives from ``np.random.default_rng((seed, i))``
 and scikit-image's bundled images, so the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -22,41 +20,18 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 from tqdm import tqdm
 
-__all__ = [
-    "CATEGORIES", "DEFAULTS", "build_demo_data", "davis_palette", "export_photos",
-    "make_scenes", "make_videos",
-]
+from discorep.apps.demodata import photos
+from discorep.data.palette import davis_palette
+
+__all__ = ["CATEGORIES", "SceneStyle", "davis_palette", "make_scenes", "make_videos", "photo_patch", "random_texture"]
 
 CATEGORIES: tuple[str, ...] = ("disk", "ellipse", "rectangle", "triangle", "star", "ring")  # COCO ids 1..6
-# Sized for a 2-core CPU: building all of this takes about 5 s.
-DEFAULTS: dict[str, Any] = {"n_train": 256, "n_val": 64, "n_videos": 4, "image_size": (192, 192)}
-_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
-           "retina", "camera", "coins", "moon")
-_TEXTURE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 _BACKGROUNDS = ("brick", "grass", "gravel")
 # Area of each shape at radius 1 (aspect 0.6): radii are scaled by sqrt(pi / area) so all
 # categories cover similar areas and "dominant_category" is not almost always "disk".
 _UNIT_AREA = (np.pi, 1.88, 1.59, 1.30, 1.73, 2.19)
 _TEX = 64  # side of an object's texture patch (object-local coordinates)
-_MARKER = "demo_data.json"
-_VERSION = 2  # 2: + scenes_photo_train, pretrain_mix
-
-
-@functools.lru_cache(maxsize=None)
-def _skimage(name: str) -> np.ndarray | None:
-    """A bundled scikit-image picture, or None if this install cannot load it offline."""
-    from skimage import data
-
-    try:
-        img = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    except Exception:  # noqa: BLE001 - optional files (pooch downloads) are simply skipped
-        return None
-    img = np.asarray(img)
-    return img if img.dtype == np.uint8 else None
-
-
-def _available(names: tuple[str, ...]) -> list[str]:
-    return [n for n in names if _skimage(n) is not None]
+VERSION = 2  # of the demo data (2: + scenes_photo_train, pretrain_mix); in every COCO file's info
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -67,9 +42,10 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return np.round(np.array(rgb) * 255.0)
 
 
-def _texture(rng: np.random.Generator) -> np.ndarray:
+def random_texture(rng: np.random.Generator) -> np.ndarray:
     """A (_TEX, _TEX, 3) float texture: flat, stripes, checker, noise or a photo crop."""
-    kinds = ["flat", "stripes", "checker", "noise"] + (["photo"] if _available(_TEXTURE_PHOTOS) else [])
+    has_photos = bool(photos.available(photos.TEXTURE_PHOTOS))
+    kinds = ["flat", "stripes", "checker", "noise"] + (["photo"] if has_photos else [])
     kind = kinds[rng.integers(len(kinds))]
     c0, c1 = _colour(rng), _colour(rng)
     yy, xx = np.mgrid[0:_TEX, 0:_TEX] / _TEX
@@ -86,33 +62,23 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
         t = (t - t.min()) / (np.ptp(t) + 1e-12)
         return c0 * (1 - t[..., None]) + c1 * t[..., None]
     else:
-        return _photo_patch(rng)
+        return photo_patch(rng)
     return np.where(sel[..., None], c0, c1)
 
 
-def random_square_crop(rng: np.random.Generator, img: np.ndarray, side_low: int, side_high: int,
-                       size_hw: tuple[int, int]) -> np.ndarray:
-    """A square crop of `img` (side drawn from [side_low, side_high), then its position), resized
-    bilinearly to `size_hw` = (h, w); uint8 like the input. Shared by every photo-crop generator."""
-    side = int(rng.integers(side_low, side_high))
-    y, x = (int(rng.integers(0, s - side + 1)) for s in img.shape[:2])
-    crop = Image.fromarray(img[y : y + side, x : x + side])
-    return np.asarray(crop.resize((size_hw[1], size_hw[0]), Image.BILINEAR))
-
-
-def _photo_patch(rng: np.random.Generator) -> np.ndarray:
+def photo_patch(rng: np.random.Generator) -> np.ndarray:
     """A random square crop of a bundled colour photo, resized to the texture size."""
-    names = _available(_TEXTURE_PHOTOS)
-    img = _skimage(names[rng.integers(len(names))])[..., :3]
-    return random_square_crop(rng, img, 64, min(img.shape[:2]) // 2, (_TEX, _TEX)).astype(np.float64)
+    names = photos.available(photos.TEXTURE_PHOTOS)
+    img = photos.bundled_photo(names[rng.integers(len(names))])[..., :3]
+    return photos.random_square_crop(rng, img, 64, min(img.shape[:2]) // 2, (_TEX, _TEX)).astype(np.float64)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """An (h, w, 3) float background: a tinted bundled texture, or smooth procedural noise."""
-    names = _available(_BACKGROUNDS)
+    names = photos.available(_BACKGROUNDS)
     c0, c1 = _colour(rng) * 0.6, _colour(rng)
     if names and rng.random() < 0.75:
-        tex = _skimage(names[rng.integers(len(names))]).astype(np.float64)
+        tex = photos.bundled_photo(names[rng.integers(len(names))]).astype(np.float64)
         if tex.shape[0] < h or tex.shape[1] < w:
             zoom = max(h / tex.shape[0], w / tex.shape[1])
             tex = ndimage.zoom(tex, zoom, order=1)
@@ -146,7 +112,7 @@ class SceneStyle:
 
 
 def _random_obj(rng: np.random.Generator, h: int, w: int, category: int | None = None,
-                texture: Callable[[np.random.Generator], np.ndarray] = _texture) -> _Obj:
+                texture: Callable[[np.random.Generator], np.ndarray] = random_texture) -> _Obj:
     side = min(h, w)
     category = int(rng.integers(1, len(CATEGORIES) + 1)) if category is None else category
     return _Obj(
@@ -211,7 +177,7 @@ def _scene(
     rng: np.random.Generator, h: int, w: int, n_min: int, n_max: int, style: SceneStyle | None = None
 ) -> tuple[np.ndarray, list[_Obj], np.ndarray]:
     """Sample objects until at least ``n_min`` remain visible; drop near-invisible ones."""
-    background, texture = (style.background, style.texture) if style else (_background, _texture)
+    background, texture = (style.background, style.texture) if style else (_background, random_texture)
     min_area = max(16, int(0.004 * h * w))
     bg = background(rng, h, w)
     for _ in range(50):
@@ -240,7 +206,7 @@ def make_scenes(
     """Write ``n_images`` scenes to ``out_dir/images/scene_XXXXXX.png`` and COCO RLE annotations
     (plus per-image ``dominant_category``) to ``out_dir/annotations.json``, which is returned.
     ``image_size`` is (H, W). ``style`` replaces how backgrounds and object textures are drawn
-    (default: tinted textures and procedural patterns; see `discorep.data.photo_scenes`)."""
+    (default: tinted textures and procedural patterns; see `discorep.apps.demodata.photo_scenes`)."""
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     h, w = image_size
@@ -266,28 +232,13 @@ def make_scenes(
                          "segmentation": rle, "area": areas[k], "iscrowd": 0,
                          "bbox": [float(b) for b in bbox]})
     coco = {
-        "info": {"description": "discorep synthetic scenes", "seed": seed, "version": _VERSION},
+        "info": {"description": "discorep synthetic scenes", "seed": seed, "version": VERSION},
         "images": images, "annotations": anns, "licenses": [],
         "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CATEGORIES)],
     }
     ann_file = out_dir / "annotations.json"
     ann_file.write_text(json.dumps(coco, sort_keys=True), encoding="utf-8")
     return ann_file
-
-
-def davis_palette() -> list[int]:
-    """The 256-colour DAVIS/PASCAL-VOC palette (flat list of 768 ints): 0 black, 1 dark red, ..."""
-    pal = []
-    for k in range(256):
-        r = g = b = 0
-        c = k
-        for bit in range(8):  # spread the id's bits over the high bits of r, g, b
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def _trajectory(rng: np.random.Generator, h: int, w: int, n_frames: int, category: int) -> list[_Obj]:
@@ -357,69 +308,3 @@ def make_videos(
     sets.mkdir(parents=True, exist_ok=True)
     (sets / "val.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
     return out_dir
-
-
-def export_photos(out_dir: str | os.PathLike) -> list[Path]:
-    """Save scikit-image's bundled photos that load offline as ``out_dir/<name>.png``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in _available(_PHOTOS + ("motorcycle",)):
-        path = out_dir / f"{name}.png"
-        img = _skimage(name)
-        Image.fromarray(img[..., :3] if img.ndim == 3 else img).save(path)
-        paths.append(path)
-    return paths
-
-
-def _params(n_train: int, n_val: int, n_videos: int, image_size: tuple[int, int]) -> dict[str, Any]:
-    return {"version": _VERSION, "n_train": n_train, "n_val": n_val, "n_videos": n_videos,
-            "image_size": list(image_size), "seeds": {"train": 0, "val": 1, "videos": 2}}
-
-
-def build_demo_data(
-    root: str | os.PathLike, *, n_train: int = DEFAULTS["n_train"], n_val: int = DEFAULTS["n_val"],
-    n_videos: int = DEFAULTS["n_videos"], image_size: tuple[int, int] = DEFAULTS["image_size"],
-    force: bool = False,
-) -> dict[str, Path]:
-    """Build (or reuse) all demo data under ``root``.
-
-    Returns folders ``scenes_train`` (seed 0), ``scenes_val`` (seed 1, held out), ``videos``
-    (DAVIS layout), ``photos``, ``scenes_photo_train`` (seed 3: the shapes on natural photos,
-    `discorep.data.photo_scenes`) and ``pretrain_mix`` (both training sets in one folder: what
-    `make demo` pretrains on); each scenes folder holds ``annotations.json`` + ``images/``.
-    ``root/demo_data.json`` records the parameters: a call with the same parameters returns
-    at once, different parameters (or ``force``) rebuild. The marker is written last, so an
-    interrupted build is redone. Defaults (256 train, 64 val, 4 videos of 12 frames, 192x192 scenes)
-    take about 5 s and 20 MB (most of it photos) on 2 CPU cores.
-    """
-    root = Path(root)
-    out = {k: root / k for k in ("scenes_train", "scenes_val", "videos", "photos", "scenes_photo_train",
-                                 "pretrain_mix")}
-    params, marker = _params(n_train, n_val, n_videos, image_size), root / _MARKER
-    if not force and _marker_matches(marker, params) and all(p.is_dir() for p in out.values()):
-        return out
-    if marker.exists() or force:  # only wipe folders we made before
-        marker.unlink(missing_ok=True)
-        for p in out.values():
-            shutil.rmtree(p, ignore_errors=True)
-    make_scenes(out["scenes_train"], n_train, seed=0, image_size=image_size)
-    make_scenes(out["scenes_val"], n_val, seed=1, image_size=image_size)
-    make_videos(out["videos"], n_videos, seed=2)
-    export_photos(out["photos"])
-    from discorep.data.photo_scenes import make_photo_scenes, mix_folders
-
-    make_photo_scenes(out["scenes_photo_train"], n_train, seed=3, image_size=image_size)
-    mix_folders(out["pretrain_mix"], {"scenes": out["scenes_train"] / "images",
-                                      "photo_scenes": out["scenes_photo_train"] / "images"})
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(params, sort_keys=True, indent=1), encoding="utf-8")
-    os.replace(tmp, marker)
-    return out
-
-
-def _marker_matches(marker: Path, params: dict[str, Any]) -> bool:
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")) == params
-    except (OSError, ValueError):
-        return False

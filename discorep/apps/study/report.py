@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from discorep.eval.report import write_json
-from discorep.study.spec import StudySpec
+from discorep.apps.study.spec import StudySpec
 
 # (column title, result section, key)
 COLUMNS = [("ABO_i", "objects", "abo_i"), ("ABO_c", "objects", "abo_c"), ("OR", "objects", "or"),
@@ -214,7 +214,7 @@ def _commands(spec: StudySpec, data: dict[str, Path]) -> list[str]:
             f"--size {e.knn_size} --features {e.knn_features} --k {e.knn_k}"),
             "```",
             (f"CKPT is a run's last checkpoint (`{spec.out_dir}/runs/<run>/seed<k>/checkpoints/`) or "
-            f"`random:{spec.arch}`; the SLIC rows come from `discorep.study.baselines` (no CLI of their own).")]
+            f"`random:{spec.arch}`; the SLIC rows come from `discorep.apps.study.baselines` (no CLI of their own).")]
 
 
 def write_report(spec: StudySpec, results: dict[str, list[dict]], baselines: dict[str, list[dict]],

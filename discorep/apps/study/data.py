@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from discorep.data.demo import build_demo_data
-from discorep.data.photo_objects import make_photo_objects
-from discorep.study.spec import StudySpec
+from discorep.apps.demodata.build import build_demo_data
+from discorep.apps.demodata.photo_objects import make_photo_objects
+from discorep.apps.study.spec import StudySpec
 
 
 def dominant_category_folders(ann_file: Path, images: Path, out: Path) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from discorep.checkpoint import latest_checkpoint
 from discorep.data.datasets import CocoDataset
-from discorep.data.demo import build_demo_data
-from discorep.data.photo_objects import make_photo_objects
+from discorep.apps.demodata.build import build_demo_data
+from discorep.apps.demodata.photo_objects import make_photo_objects
 from discorep.engine.config import Config
 from discorep.engine.configio import load_config
 from discorep.engine.train import ResumeConfigError, pretrain

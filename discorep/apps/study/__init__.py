@@ -1,0 +1,1 @@
+"""`discorep study`: every method and ablation over seeds, with baselines and a Markdown report."""
