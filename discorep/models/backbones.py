@@ -44,6 +44,15 @@ def feature_strides(arch: str) -> dict[str, int]:
     return {"c4": levels["c4"].stride, "c5": levels["c5"].stride, "fpn": FPN_STRIDE}
 
 
+def known_arch(arch: object) -> bool:
+    """Whether `arch` names a backbone this library can build (no message; `check_arch` gives one)."""
+    try:
+        check_arch(arch)
+    except ValueError:
+        return False
+    return True
+
+
 def supports_fpn(arch: str) -> bool:
     """Whether `arch` has the stride 4, 8, 16, 32 levels an FPN is built on (a plain ViT has not)."""
     return "c2" in select_levels(feature_levels(arch))

@@ -125,3 +125,20 @@ def select_levels(levels: tuple[Level, ...]) -> dict[str, Level]:
     if (out["c4"].stride, c5.stride) == (16, 32) and 4 in by_stride and 8 in by_stride:
         out["c2"], out["c3"] = by_stride[4], by_stride[8]
     return out
+
+
+def dropped_keys(arch: str) -> tuple[list[str], list[str]]:
+    """(classifier, pruned): state-dict keys of timm's default model for `arch` that the encoder's backbone
+    lacks -- its classifier (built with num_classes=0), and the layers `create_timm_backbone` drops after
+    the deepest level (ConvNeXt's head norm, EfficientNet's conv_head). ([], []) for torchvision's ResNets,
+    which are not timm-built. Read on the meta device (no weights allocated)."""
+    import timm
+
+    if arch in TORCHVISION_RESNETS:
+        return [], []
+    deepest = feature_levels(arch)[-1].index
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        default = timm.create_model(timm_name(arch), pretrained=False).state_dict()
+        headless = create_timm(arch).state_dict()
+        kept = create_timm_backbone(arch, [deepest]).state_dict()
+    return [k for k in default if k not in headless], [k for k in headless if k not in kept]
