@@ -193,3 +193,29 @@ def test_cli_export_writes_the_file_and_reports_foreign_checkpoints(tmp_path, ca
                  "--out", str(tmp_path / "b.pth")]) == 2
     assert "not a discorep pretraining checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "b.pth").exists()
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", "efficientnet_b0"])
+def test_any_timm_arch_exports_to_timm_and_loads_strictly(tmp_path, arch):
+    """A timm name beyond the four fixed ones: the file loads strictly into timm.create_model(arch) and
+    gives the encoder's c5; the classifier is zeros, the layers the encoder drops after its deepest level
+    (ConvNeXt's head norm, EfficientNet's conv_head + bn2) hold timm's initialisation, not zeros."""
+    ckpt, enc = _checkpoint(tmp_path, arch)
+    sd = torch.load(export_backbone(checkpoint=ckpt, to="timm", out=tmp_path / "t.pth"), weights_only=True)
+    net = timm.create_model(arch, pretrained=False)
+    net.load_state_dict(sd, strict=True)
+    assert not net.get_classifier().weight.any() and not net.get_classifier().bias.any()
+    torch.manual_seed(0)
+    fresh = timm.create_model(arch, pretrained=False).state_dict()
+    dropped = [k for k in fresh if k not in enc.backbone.state_dict() and k not in
+               {f"{p}.{s}" for p in ("head.fc", "classifier") for s in ("weight", "bias")}]
+    assert dropped  # both archs have such layers
+    for k in dropped:
+        assert torch.equal(sd[k], fresh[k]), k
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        (c5,) = net.eval().forward_intermediates(x, indices=[enc.levels["c5"].index], norm=True,
+                                                 intermediates_only=True)
+        assert torch.equal(c5, enc(x)["c5"])
+    with pytest.raises(ValueError, match=f"{arch}.*--to timm"):
+        export_backbone(checkpoint=ckpt, to="mmseg", out=tmp_path / "x.pth")

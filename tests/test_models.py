@@ -66,9 +66,13 @@ def test_vit_s_single_scale():
 
 
 def test_unknown_arch_and_bad_input_errors():
+    # resnet34 was refused before timm names were accepted; a misspelt name is one error with suggestions.
     with pytest.raises(ValueError) as err:
-        Encoder("resnet34")
+        Encoder("resnet34x")
     assert all(a in str(err.value) for a in ARCHS)
+    assert "did you mean" in str(err.value) and "resnet34" in str(err.value)
+    with pytest.raises(ValueError, match="Invalid pretrained tag"):  # a timm name with a tag timm lacks
+        Encoder("resnet18.no_such_tag")
     with pytest.raises(ValueError, match="norm"):
         Encoder("resnet18", norm="ln")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from discorep.checkpoint import CheckpointError, load_checkpoint, load_weights
 from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
-from discorep.models.backbones import ARCHS, Encoder
+from discorep.errors import UsageError
+from discorep.models.backbones import ARCHS, Encoder, known_arch, supports_fpn
 from discorep.models.heads import MLP
 
 RANDOM_SEED = 0  # the fixed seed of every `random:<arch>` baseline
@@ -38,11 +39,11 @@ class EvalModel:
 
 
 def _random_model(arch: str, seed: int = RANDOM_SEED) -> EvalModel:
-    if arch not in ARCHS:
-        raise CheckpointError(f"random:{arch}: unknown architecture; choose one of {', '.join(ARCHS)}")
+    if not known_arch(arch):
+        raise CheckpointError(f"random:{arch}: unknown architecture; a timm model name or one of {', '.join(ARCHS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        multi_scale = arch != "vit_s"
+        multi_scale = supports_fpn(arch)
         encoder = Encoder(arch, fpn=multi_scale)
     cfg = {"arch": arch, "fpn": multi_scale, "fpn_dim": 256, "norm": "bn"}
     name = f"random:{arch}" if seed == RANDOM_SEED else f"random:{arch}:{seed}"
@@ -69,9 +70,9 @@ def _checkpoint_model(path: Path) -> EvalModel:
         raise CheckpointError(f"{path}: not a discorep pretraining checkpoint (no 'online' network/config); "
                               "pass a file from runs/<name>/checkpoints/ or random:<arch>")
     m = state["config"].get("model", {}) if isinstance(state["config"], dict) else {}
-    if m.get("arch") not in ARCHS:
+    if not known_arch(m.get("arch")):
         raise CheckpointError(f"{path}: its config names no known model.arch ({m.get('arch')!r}); "
-                              f"expected one of {', '.join(ARCHS)}")
+                              f"expected a timm model name or one of {', '.join(ARCHS)}")
     encoder = Encoder(m["arch"], fpn=m.get("fpn", False), fpn_dim=m.get("fpn_dim", 256), norm=m.get("norm", "bn"))
     load_weights(encoder, _sub_state(state["online"], "encoder."), what=f"{m['arch']} encoder", path=path,
                  hint="the file's weights come from another architecture than its config says")

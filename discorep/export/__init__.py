@@ -6,8 +6,10 @@ How to load each export (`f` is the written file):
   The `fc` is an all-zero placeholder so that strict=True works: replace it with your head
   (`model.fc = nn.Linear(2048, n)`) or train it. The features equal the trained online backbone's.
 * timm: `timm.create_model(name, pretrained=False).load_state_dict(torch.load(f), strict=True)` with
-  name resnet18 / resnet50 / swin_tiny_patch4_window7_224 / vit_small_patch16_224; the classifier
-  (`fc` or `head`) is the same zero placeholder.
+  name the checkpoint's model.arch (resnet18 / resnet50 / swin_tiny_patch4_window7_224 for swin_t /
+  vit_small_patch16_224 for vit_s / any other timm name as it is); the classifier (`fc` or `head`) is the
+  same zero placeholder, and layers the encoder drops after its deepest level (e.g. EfficientNet's
+  conv_head) hold timm's initialisation (seed 0), untrained.
 * detectron2 (ResNets; the file must end in .pkl): `MODEL.WEIGHTS f.pkl`, and because the weights are
   torchvision-style (stride in the 3x3 conv, RGB input, ImageNet mean/std in 0..255):
   `MODEL.RESNETS.STRIDE_IN_1X1 False`, `INPUT.FORMAT RGB`, `MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]`,
@@ -37,7 +39,7 @@ from discorep.checkpoint import CheckpointError, load_checkpoint
 from discorep.errors import UsageError
 from discorep.export.converters import CONVERTERS
 from discorep.fileio import atomic_write
-from discorep.models.backbones import ARCHS
+from discorep.models.backbones import ARCHS, known_arch
 
 __all__ = ["TARGETS", "export_backbone", "online_backbone", "placeholder_note"]
 
@@ -48,9 +50,10 @@ _PREFIX = "encoder.backbone."  # the FPN (encoder.fpn.*) and the projector (proj
 def _model_config(state: dict, checkpoint: Path) -> dict:
     config = state.get("config")
     model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict) or model.get("arch") not in ARCHS:
-        raise CheckpointError(f"{checkpoint}: its config names no known architecture (config.model.arch must be "
-                              f"one of {', '.join(ARCHS)}); pass a file from runs/<name>/checkpoints/")
+    if not isinstance(model, dict) or not known_arch(model.get("arch")):
+        raise CheckpointError(f"{checkpoint}: its config names no known architecture (config.model.arch must be a "
+                              f"timm model name or one of {', '.join(ARCHS)}); "
+                              "pass a file from runs/<name>/checkpoints/")
     return model
 
 

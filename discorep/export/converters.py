@@ -17,10 +17,9 @@ import torchvision
 from torch import Tensor
 
 from discorep.models.backbones import convert_norm
+from discorep.models.timm_backbones import dropped_keys, timm_name
 
 RESNETS = ("resnet18", "resnet50")
-TIMM_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "swin_t": "swin_tiny_patch4_window7_224",
-              "vit_s": "vit_small_patch16_224"}
 HEAD_PREFIXES = ("fc.", "head.")  # torchvision/timm ResNet classifier; timm ViT/Swin classifier
 
 State = OrderedDict[str, Tensor]
@@ -43,38 +42,59 @@ def reference_state(to: str, arch: str, norm: str) -> State:
         else:
             import timm
 
-            net = timm.create_model(TIMM_NAMES[arch], pretrained=False)
+            net = timm.create_model(timm_name(arch), pretrained=False)
         net = convert_norm(net, "gn" if norm == "gn" else "bn")  # syncbn has BN's keys
     return OrderedDict(net.state_dict())
 
 
-def check_against(backbone: dict[str, Tensor], reference: dict[str, Tensor], what: str) -> list[str]:
-    """Raise unless `backbone` is `reference` minus its classifier; returns the classifier's keys.
+def check_against(backbone: dict[str, Tensor], reference: dict[str, Tensor], what: str,
+                  unused: tuple[str, ...] = ()) -> list[str]:
+    """Raise unless `backbone` is `reference` minus its classifier (and minus the `unused` keys: layers the
+    encoder drops); returns the keys `backbone` lacks.
 
     Checked at export time so that a mismatch is reported here, not as a failed load in the toolkit.
     """
     unexpected = [k for k in backbone if k not in reference]
     reshaped = [k for k in backbone if k in reference and tuple(backbone[k].shape) != tuple(reference[k].shape)]
     missing = [k for k in reference if k not in backbone]
-    not_head = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    not_head = [k for k in missing if not k.startswith(HEAD_PREFIXES) and k not in unused]
     if unexpected or reshaped or not_head:
         raise ValueError(f"the checkpoint's backbone does not match {what}: unexpected {unexpected[:5]}, "
                          f"wrong shape {reshaped[:5]}, missing {not_head[:5]}")
     return missing
 
 
-def _with_zero_head(backbone: dict[str, Tensor], reference: dict[str, Tensor], what: str) -> State:
-    """Backbone + an all-zero classifier, in the reference's key order.
+def _with_zero_head(backbone: dict[str, Tensor], reference: dict[str, Tensor], what: str,
+                    fill: dict[str, Tensor] | None = None, classifier: tuple[str, ...] = ()) -> State:
+    """Backbone + an all-zero classifier (keys under HEAD_PREFIXES or in `classifier`), in the reference's
+    key order; `fill` holds the values of other keys the backbone lacks.
 
     The toolkits' default models own a classifier, and strict=True needs its keys. Zeros (not a random
     init) make the placeholder obvious and deterministic: the logits are 0 until the user replaces or
     trains the head; the features are the trained ones.
     """
-    head = check_against(backbone, reference, what)
+    fill = fill or {}
+    head = check_against(backbone, reference, what, classifier + tuple(fill))
     out = OrderedDict()
     for key, ref in reference.items():
-        out[key] = torch.zeros(ref.shape, dtype=ref.dtype) if key in head else backbone[key]
+        if key in backbone:
+            out[key] = backbone[key]
+        else:
+            out[key] = fill[key] if key in fill else torch.zeros(ref.shape, dtype=ref.dtype)
     return out
+
+
+def _timm_init(arch: str, norm: str, keys: list[str]) -> dict[str, Tensor]:
+    """timm's own initialisation (seed 0) of `keys`: the layers after the deepest feature level that the
+    encoder drops (e.g. EfficientNet's conv_head, ConvNeXt's head norm) are untrained, and a zero norm
+    scale or conv there would silence the features the head sees."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = timm.create_model(timm_name(arch), pretrained=False)
+    state = convert_norm(net, "gn" if norm == "gn" else "bn").state_dict()
+    return {k: state[k] for k in keys}
 
 
 # ------------------------------------------------------------------------------------ converters
@@ -86,10 +106,14 @@ def to_torchvision(backbone: dict[str, Tensor], arch: str, norm: str = "bn") -> 
 
 
 def to_timm(backbone: dict[str, Tensor], arch: str, norm: str = "bn") -> State:
-    """timm's ResNets use torchvision's names; Swin/ViT backbones already are timm models (the Encoder
-    builds them with num_classes=0, so only the classifier is added back)."""
-    name = TIMM_NAMES[arch]
-    return _with_zero_head(backbone, reference_state("timm", arch, norm), f"timm.create_model({name!r})")
+    """timm's ResNets use torchvision's names; other backbones already are timm models (the Encoder builds
+    them with num_classes=0), so the classifier is added back as zeros and the layers the encoder drops
+    after its deepest level (none for ResNets, Swin, ViT) with timm's initialisation."""
+    name = timm_name(arch)
+    classifier, pruned = dropped_keys(arch)
+    fill = _timm_init(arch, norm, pruned) if pruned else None
+    return _with_zero_head(backbone, reference_state("timm", arch, norm), f"timm.create_model({name!r})",
+                           fill, tuple(classifier))
 
 
 def _check_resnet(backbone: dict[str, Tensor], arch: str, norm: str, to: str) -> None:
