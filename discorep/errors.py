@@ -9,6 +9,10 @@ class UsageError(ValueError):
     """A command-line value that cannot work (e.g. --k 0); the message says which and why."""
 
 
+class ConfigError(ValueError):
+    """A config file, override or value is invalid; the message says which key and how to fix it."""
+
+
 class Interrupted(Exception):
     """Ctrl-C / SIGTERM stopped a command; the message says what is kept and how to continue."""
 
@@ -19,7 +23,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from discorep.data.priors import PriorError
     from discorep.discovery.align import AlignInputError, LabelIdError
     from discorep.checkpoint import CheckpointError
-    from discorep.engine.configio import ConfigError
     from discorep.engine.train import NonFiniteLossError, PeerLostError, TooManyBadImagesError
 
     return (ConfigError, CheckpointError, BadImageError, DatasetError, PriorError, NonFiniteLossError,
@@ -29,7 +32,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def is_user_error(err: BaseException) -> bool:
     """Whether `err` is one of `user_errors()`; errors raised before torch was loaded are checked
     without importing it, so a bad argument stays a sub-second answer."""
-    from discorep.engine.configio import ConfigError  # yaml only
     from discorep.runs import CheckpointError
 
     if isinstance(err, (UsageError, ConfigError, CheckpointError, FileNotFoundError)):

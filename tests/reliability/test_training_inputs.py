@@ -70,7 +70,7 @@ def test_non_finite_loss_stops_naming_the_step_or_is_skipped(outcome, mode, scen
     losses = losses_by_step(run_dir)
     assert losses[4] == "nan"  # the skipped step is logged (JSON has no NaN: a string)
     state = final_state(run_dir)
-    assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["online"].values()
+    assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["method"].values()
                                       if v.is_floating_point())
     outcome("fault", f"NaN loss at step 3 (train.nonfinite={mode})", "stop naming step 3 and step_00000002.pt" if mode == "stop" else "step skipped and logged, weights finite")
 
