@@ -192,7 +192,7 @@ def load_module_weights(module: torch.nn.Module, weights: Any, *, path: str | Pa
 #   "heads": {"predictor"}, "discovery" (Odin, the hybrid); "config"'s `method:` listed every method's keys.
 CHECKPOINT_FORMAT = "discorep-checkpoint-v2"
 V1_FORMAT = "discorep-checkpoint-v1"
-_V1_PARTS = {"online": "online.", "target": "target.", "discovery": "discovery."}  # v1 key -> v2 prefix
+_V1_PARTS = ("online", "target", "discovery")  # v1 keys of networks; "heads": {"predictor"}
 _V1_EVAL_BRANCH = {"encoder": "online.encoder.", "projector": "online.projector."}
 
 
@@ -201,13 +201,10 @@ def upgrade_checkpoint(state: dict) -> dict:
     in memory, marked ``upgraded_from``; anything else is returned as it is (callers say what is missing)."""
     if state.get("format") == CHECKPOINT_FORMAT or not isinstance(state.get("online"), dict):
         return state
-    method: dict = {}
-    for part, prefix in _V1_PARTS.items():
-        if isinstance(state.get(part), dict):
-            method.update({prefix + k: v for k, v in state[part].items()})
-    heads = state.get("heads")
-    if isinstance(heads, dict) and isinstance(heads.get("predictor"), dict):
-        method.update({"predictor." + k: v for k, v in heads["predictor"].items()})
+    heads = state.get("heads") if isinstance(state.get("heads"), dict) else {}
+    parts = {"online": state.get("online"), "predictor": heads.get("predictor"), "target": state.get("target"),
+             "discovery": state.get("discovery")}  # the order the methods' modules were built in
+    method = {f"{name}.{k}": v for name, part in parts.items() if isinstance(part, dict) for k, v in part.items()}
     out = {k: v for k, v in state.items() if k not in (*_V1_PARTS, "heads")}
     out.update(format=CHECKPOINT_FORMAT, upgraded_from=state.get("format", V1_FORMAT), method=method,
                eval_branch=dict(_V1_EVAL_BRANCH))

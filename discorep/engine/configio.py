@@ -49,8 +49,9 @@ class Layer(NamedTuple):
     """One source merged over the schema: a file of the base chain or one command-line override."""
 
     source: str  # "" for a dict given in code
-    data: Any
+    data: Any  # the layer as a nested dict
     text: str | None = None  # the file's text, to find a key's line
+    override: tuple[str, Any] | None = None  # ("a.b.c", value): replaces that value (no merge), as before
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -193,9 +194,10 @@ def _override_layers(overrides: Iterable[str]) -> list[Layer]:
     """One layer per override, so an error names the override it comes from."""
     layers = []
     for override in _check_list(overrides):
+        key, value = _parse_override(override)
         data: dict = {}
-        _set_dotted(data, *_parse_override(override), override)
-        layers.append(Layer(f"override {override!r}", data))
+        _set_dotted(data, key, value, override)
+        layers.append(Layer(f"override {override!r}", data, None, (key, value)))
     return layers
 
 
@@ -236,7 +238,13 @@ def build(cls: type[T], layers: list[Layer]) -> T:
             where = f" ({layer.source})" if layer.source else ""
             raise ConfigError(f"the config must be a mapping of keys, got {type(layer.data).__name__} "
                               f"{_short(layer.data)}{where}")
-    merged = reduce(deep_merge, (layer.data for layer in layers), {})
+    merged: dict = {}  # the plain-dict result, for `section_types` and the error hints
+    for layer in layers:
+        if layer.override:
+            key, value = layer.override
+            _set_dotted(merged, key, copy.deepcopy(value), layer.source)
+        else:
+            merged = deep_merge(merged, layer.data)
     schema = section_schema(cls, merged)
     for layer in layers:
         schema = checked_merge(schema, layer, merged)

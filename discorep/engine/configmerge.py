@@ -3,13 +3,13 @@ one `ConfigError` line naming the dotted key (and the file and line, or the over
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from typing import Any
 
-import typing
-
 from omegaconf import DictConfig, ListConfig, OmegaConf, TupleConfig
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from discorep.engine.configio import Layer, _join, _short, suggest, where
 from discorep.errors import ConfigError
@@ -32,14 +32,27 @@ def checked_merge(schema: DictConfig, layer: Layer, data: dict) -> DictConfig:
     """`schema` merged with one layer; a value must already have its field's kind and scalar type."""
     _check_shapes(schema, layer.data, "", layer)
     try:
-        merged = OmegaConf.merge(schema, layer.data)
-    except ConfigKeyError as err:
+        merged = _replace(schema, layer) if layer.override else OmegaConf.merge(schema, layer.data)
+    except (ConfigKeyError, ConfigAttributeError) as err:
         raise _unknown_key(schema, err, layer, data) from None
     except OmegaConfBaseException as err:
         raise _invalid(err, layer) from None
     except (TypeError, ValueError, KeyError, AttributeError) as err:
         raise ConfigError(f"invalid config: {err}{where(layer, '')}") from None
     _check_scalars(layer.data, OmegaConf.to_container(merged), "", layer)
+    return merged
+
+
+def _replace(schema: DictConfig, layer: Layer) -> DictConfig:
+    """An override replaces the value at its key, a mapping too (a section given whole starts from the
+    dataclass defaults), as overrides always did; files merge."""
+    key, value = layer.override
+    merged = schema.copy()
+    node = OmegaConf.select(merged, key) if isinstance(value, dict) else None
+    if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        OmegaConf.update(merged, key, OmegaConf.structured(OmegaConf.get_type(node)), merge=False)
+        return OmegaConf.merge(merged, layer.data)
+    OmegaConf.update(merged, key, value, merge=False)
     return merged
 
 

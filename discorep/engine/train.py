@@ -17,13 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from discorep.engine import builders, startup
 from discorep.checkpoint import (CHECKPOINT_FORMAT, checkpoint_path, get_rng_state, latest_checkpoint,
                                  load_checkpoint, load_module_weights, narrow_legacy_config, prune_checkpoints,
-                                 resolve_checkpoint, save_checkpoint, set_rng_state, upgrade_checkpoint)
+                                 save_checkpoint, set_rng_state, upgrade_checkpoint)
 from discorep.engine.config import Config
-from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
+from discorep.engine.configio import ConfigError, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
 from discorep.engine.logger import ExpectedDuration, RunLogger
 from discorep.engine.optim import clip_grad_norm
 from discorep.engine.periodic_eval import PeriodicEval
+from discorep.engine.resume import (RESUME_SAFE_KEYS, ResumeConfigError, check_resume_config,  # noqa: F401
+                                    resolve_resume)
 from discorep.engine.startup import RunFolderError, TooManyBadImagesError  # noqa: F401 (re-exported)
 from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
 from discorep.methods import build_method
@@ -33,18 +35,8 @@ from discorep.viz import denormalize, grid_picture
 
 log = logging.getLogger("discorep")
 
-# Keys that may change on --resume without changing what is trained.
-RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
-                    "train.keep_last", "train.picture_every_epochs", "train.picture_images",
-                    "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache", "model.compile")
-
-
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-class ResumeConfigError(ConfigError):
-    """`--resume` found a run trained with another config (or number of processes)."""
 
 
 class PeerLostError(RuntimeError):
@@ -338,28 +330,6 @@ def _progress(enabled: bool, start: int, end: int):
 
     # disable=None: no bar when stdout is not a terminal (logs stay free of progress-bar debris)
     return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain", disable=None)
-
-
-def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        return latest_checkpoint(run_dir)
-    return Path(resolve_checkpoint(resume, "--resume"))  # a file, or a run folder's latest
-
-
-def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_world: int | None = None,
-                        world: int | None = None) -> None:
-    """Refuse to resume with a different config or number of processes unless `allow_change`."""
-    diffs = [d for d in diff_configs(saved, current) if d[0] not in RESUME_SAFE_KEYS]
-    if saved_world is not None and world is not None and saved_world != world:
-        batch = current["train"]["batch_size"]
-        diffs.append(("world size (processes; global batch = world x train.batch_size)",
-                      f"{saved_world} (global batch {saved_world * batch})", f"{world} (global batch {world * batch})"))
-    if diffs and not allow_change:
-        lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in diffs)
-        raise ResumeConfigError(f"--resume: the run was trained with a different config:\n{lines}\n"
-                          "Use the same config, or pass --allow-config-change to resume anyway.")
 
 
 def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False,
