@@ -172,15 +172,14 @@ def load_weights(module: torch.nn.Module, weights: Any, *, what: str, path: str 
 
 def load_module_weights(module: torch.nn.Module, weights: Any, *, path: str | Path, hint: str = "") -> None:
     """`load_weights` of a whole module whose mismatch names the submodules it is in ("online weights ...")."""
+    what = type(module).__name__
     if isinstance(weights, dict):
         own = module.state_dict()
-        bad = {k for k in set(own) ^ set(weights)}
+        bad = set(own) ^ set(weights)
         bad |= {k for k in own if k in weights and hasattr(weights[k], "shape")
                 and tuple(weights[k].shape) != tuple(own[k].shape)}
-        parts = sorted({k.split(".")[0] for k in bad})
-        what = " and ".join(parts) if 0 < len(parts) <= 3 else type(module).__name__
-    else:
-        what = type(module).__name__
+        parts = sorted({k.split(".")[0] for k in bad})  # e.g. online, predictor, target
+        what = (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)) or what
     load_weights(module, weights, what=what, path=path, hint=hint)
 
 

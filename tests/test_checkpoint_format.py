@@ -128,8 +128,9 @@ def test_discover_and_export_read_a_v1_checkpoint(old_and_new, scenes, tmp_path,
     for name, arrays in labels[0].items():
         assert all(np.array_equal(v, labels[1][name][k]) for k, v in arrays.items()), name
     for ckpt in (old, new):
-        assert main(["export", "--checkpoint", str(ckpt), "--to", "timm", "--out", str(tmp_path / f"{ckpt.stem}.pth")]) == 0
-        exported = torch.load(tmp_path / f"{ckpt.stem}.pth", weights_only=True)
+        out = tmp_path / f"{ckpt.stem}.pth"
+        assert main(["export", "--checkpoint", str(ckpt), "--to", "timm", "--out", str(out)]) == 0
+        exported = torch.load(out, weights_only=True)
         assert torch.equal(exported["conv1.weight"], state["method"]["online.encoder.backbone.conv1.weight"])
     capsys.readouterr()
 

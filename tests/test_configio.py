@@ -231,7 +231,8 @@ def test_fuzz_yaml_files_only_raise_config_error(tmp_path: Path, text: str):
 def test_errors_name_the_file_and_line_or_the_override(tmp_path: Path):
     (tmp_path / "root.yaml").write_text("inner:\n  lr: 0.5\nparams: {a: 1}\n")
     (tmp_path / "leaf.yaml").write_text("base: root.yaml\nseed: 1\ninner:\n  steps: many\n")
-    with pytest.raises(ConfigError, match=r"'inner.steps' must be an integer, got str 'many' \(in .*leaf\.yaml, line 4\)"):
+    with pytest.raises(ConfigError, match=r"'inner.steps' must be an integer, got str 'many' "
+                                          r"\(in .*leaf\.yaml, line 4\)"):
         load_config(Outer, tmp_path / "leaf.yaml")
     with pytest.raises(ConfigError, match=r"unknown config key 'inner.lrr'.*did you mean 'inner.lr'.*"
                                           r"\(in override 'inner.lrr=1'\)"):
