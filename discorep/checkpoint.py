@@ -1,4 +1,5 @@
-"""Checkpoints: atomic saves, safe loads (``weights_only``), run-directory layout, RNG state.
+"""Checkpoints: atomic saves, safe loads (``weights_only``), run-directory layout, RNG state, and the
+one place that knows the older checkpoint layout (`upgrade_checkpoint`).
 
 Layout: ``run_dir/checkpoints/step_00001234.pt``. A checkpoint is only ever visible under its final name
 once completely written (temp file + fsync + ``os.replace``), so `latest_checkpoint` never sees a torn file.
@@ -134,6 +135,65 @@ def load_weights(module: torch.nn.Module, weights: Any, *, what: str, path: str 
         parts.append(f"{len(reshaped)} with another shape (e.g. {k}: file {list(weights[k].shape)}, "
                      f"model {list(own[k].shape)})")
     raise CheckpointError(f"{path}: its {what} weights do not fit: {', '.join(parts)}" + (f"; {hint}" if hint else ""))
+
+
+def load_module_weights(module: torch.nn.Module, weights: Any, *, path: str | Path, hint: str = "") -> None:
+    """`load_weights` of a whole module whose mismatch names the submodules it is in ("online weights ...")."""
+    what = type(module).__name__
+    if isinstance(weights, dict):
+        own = module.state_dict()
+        bad = set(own) ^ set(weights)
+        bad |= {k for k in own if k in weights and hasattr(weights[k], "shape")
+                and tuple(weights[k].shape) != tuple(own[k].shape)}
+        parts = sorted({k.split(".")[0] for k in bad})  # e.g. online, predictor, target
+        what = (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)) or what
+    load_weights(module, weights, what=what, path=path, hint=hint)
+
+
+# ------------------------------------------------------------------------------------ format versions
+# v2 (now): {"format", "step", "config", "world_size", "method": the method's whole state_dict(),
+#   "eval_branch": {"encoder": prefix, "projector": prefix} (where in "method" the evaluated network is),
+#   "optimizer", "scaler" (fp16), "rng", "skipped", "extra": method.extra_state_dict()}.
+# v1 (discorep before the method registry): the same, but the networks part by part: "online", "target",
+#   "heads": {"predictor"}, "discovery" (Odin, the hybrid); "config"'s `method:` listed every method's keys.
+CHECKPOINT_FORMAT = "discorep-checkpoint-v2"
+V1_FORMAT = "discorep-checkpoint-v1"
+_V1_PARTS = ("online", "target", "discovery")  # v1 keys of networks; "heads": {"predictor"}
+_V1_EVAL_BRANCH = {"encoder": "online.encoder.", "projector": "online.projector."}
+
+
+def upgrade_checkpoint(state: dict) -> dict:
+    """`state` in the current layout: a v1 checkpoint (or a bare {"online", "config"} file) is converted
+    in memory, marked ``upgraded_from``; anything else is returned as it is (callers say what is missing)."""
+    if state.get("format") == CHECKPOINT_FORMAT or not isinstance(state.get("online"), dict):
+        return state
+    heads = state.get("heads") if isinstance(state.get("heads"), dict) else {}
+    parts = {"online": state.get("online"), "predictor": heads.get("predictor"), "target": state.get("target"),
+             "discovery": state.get("discovery")}  # the order the methods' modules were built in
+    method = {f"{name}.{k}": v for name, part in parts.items() if isinstance(part, dict) for k, v in part.items()}
+    out = {k: v for k, v in state.items() if k not in (*_V1_PARTS, "heads")}
+    out.update(format=CHECKPOINT_FORMAT, upgraded_from=state.get("format", V1_FORMAT), method=method,
+               eval_branch=dict(_V1_EVAL_BRANCH))
+    return out
+
+
+def eval_weights(state: dict, part: str) -> dict:
+    """The evaluated network's `part` ("encoder" or "projector") weights of a current-layout checkpoint."""
+    prefix = (state.get("eval_branch") or {}).get(part)
+    method = state.get("method")
+    if not isinstance(prefix, str) or not isinstance(method, dict):
+        return {}
+    return {k[len(prefix):]: v for k, v in method.items() if k.startswith(prefix)}
+
+
+def narrow_legacy_config(state: dict, method_keys: Any) -> None:
+    """A v1 checkpoint's config lists every method's options under `method:`; keep `method_keys` (those of
+    its method: the others never did anything), so `--resume` compares it with today's config. `method.module`
+    is new in v2 (v1 had only built-in methods: None)."""
+    config = state.get("config")
+    if state.get("upgraded_from") and isinstance(config, dict) and isinstance(config.get("method"), dict):
+        old = {"module": None, **config["method"]}
+        config["method"] = {k: old[k] for k in method_keys if k in old}
 
 
 def _first_line(exc: BaseException) -> str:

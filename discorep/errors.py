@@ -14,6 +14,10 @@ class UsageError(ValueError):
     """A command-line value that cannot work (e.g. --k 0); the message says which and why."""
 
 
+class ConfigError(ValueError):
+    """A config file, override or value is invalid; the message says which key and how to fix it."""
+
+
 class Interrupted(Exception):
     """Ctrl-C / SIGTERM stopped a command; the message says what is kept and how to continue."""
 

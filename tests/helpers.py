@@ -64,6 +64,12 @@ def final_state(run_dir: Path) -> dict:
     return load_checkpoint(latest_checkpoint(run_dir))
 
 
+def part(state: dict, name: str) -> dict:
+    """A checkpoint's weights of the method's submodule `name` (e.g. "online", "target", "predictor")."""
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

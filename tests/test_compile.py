@@ -33,7 +33,7 @@ def test_compiled_run_matches_eager(scenes, tmp_path):
     assert list(a) == list(b) == [1, 2, 3]
     # Same maths, other kernels (fused, reordered float sums): equal to float tolerance, not bit-exact.
     assert all(math.isclose(a[s], b[s], rel_tol=2e-3, abs_tol=1e-4) for s in a), (a, b)
-    sa, sb = final_state(eager)["online"], final_state(compiled)["online"]
+    sa, sb = final_state(eager)["method"], final_state(compiled)["method"]
     assert list(sa) == list(sb)  # Module.compile keeps parameter names: checkpoints load either way
     worst = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa if sa[k].is_floating_point())
     assert worst < 1e-3

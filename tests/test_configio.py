@@ -226,3 +226,26 @@ def test_fuzz_yaml_files_only_raise_config_error(tmp_path: Path, text: str):
         load_config(Outer, path)
     except ConfigError:
         pass
+
+
+def test_errors_name_the_file_and_line_or_the_override(tmp_path: Path):
+    (tmp_path / "root.yaml").write_text("inner:\n  lr: 0.5\nparams: {a: 1}\n")
+    (tmp_path / "leaf.yaml").write_text("base: root.yaml\nseed: 1\ninner:\n  steps: many\n")
+    with pytest.raises(ConfigError, match=r"'inner.steps' must be an integer, got str 'many' "
+                                          r"\(in .*leaf\.yaml, line 4\)"):
+        load_config(Outer, tmp_path / "leaf.yaml")
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.lrr'.*did you mean 'inner.lr'.*"
+                                          r"\(in override 'inner.lrr=1'\)"):
+        load_config(Outer, tmp_path / "root.yaml", ["inner.lrr=1"])
+    (tmp_path / "dup.yaml").write_text("base: root.yaml\ninner: {lr: 1}\ninner: {lr: 2}\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml, line 3.*duplicate key 'inner'"):
+        load_config(Outer, tmp_path / "dup.yaml")
+
+
+def test_files_merge_mappings_and_an_override_replaces_its_value(tmp_path: Path):
+    (tmp_path / "root.yaml").write_text("inner: {lr: 0.5, steps: 3}\nparams: {a: 1}\n")
+    (tmp_path / "leaf.yaml").write_text("base: root.yaml\nparams: {c: 3}\n")
+    assert load_config(Outer, tmp_path / "leaf.yaml").params == {"a": 1.0, "c": 3.0}
+    cfg = load_config(Outer, tmp_path / "leaf.yaml", ["params={b: 2}", "inner={name: y}"])
+    assert cfg.params == {"b": 2.0}  # as apply_overrides: the value at the key is replaced
+    assert cfg.inner == Inner(name="y")  # a section given whole starts from its defaults

@@ -44,5 +44,5 @@ def test_probes_are_logged_every_epoch_and_leave_training_unchanged(tmp_path):
         for key in ("eval/knn_top1", "eval/abo_i", "eval/abo_c", "eval/or"):
             assert 0.0 <= r[key] <= 1.0 and math.isfinite(r[key])
     a, b = load_checkpoint(latest_checkpoint(with_eval)), load_checkpoint(latest_checkpoint(without))
-    for key, value in a["online"].items():
-        assert torch.equal(value, b["online"][key]), key  # incl. BN running statistics
+    for key, value in a["method"].items():
+        assert torch.equal(value, b["method"][key]), key  # incl. BN running statistics

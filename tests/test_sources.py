@@ -7,8 +7,7 @@ import torch
 from discorep.discovery.align import align_masks_views
 from discorep.discovery.sources import (cluster_masks, feature_kmeans_labels, paint, region_clusters,
                                        region_embeddings, region_kmeans_labels, whole_frame_masks)
-from discorep.engine.config import MethodConfig
-from discorep.methods.discovery_net import DiscoveryNet
+from discorep.methods.discovery_net import DiscoveryNet, DiscoveryNetOptions
 
 
 def _two_object_features(B=3, D=8, h=12, w=12, shared=False):
@@ -60,14 +59,14 @@ def test_region_embeddings_are_mask_means():
 
 def test_discovery_network_continuous_ema_and_discrete_copies():
     online = torch.nn.Linear(3, 2)
-    cont = DiscoveryNet(online, MethodConfig(discovery_update="continuous", lambda_tau=0.25))
+    cont = DiscoveryNet(online, DiscoveryNetOptions(discovery_update="continuous", lambda_tau=0.25))
     before = cont.net.weight.clone()
     with torch.no_grad():
         online.weight.add_(1.0)
     cont.update(online, step_done=1, steps_per_epoch=10)
     torch.testing.assert_close(cont.net.weight, 0.75 * before + 0.25 * online.weight)  # Odin eq. 7
 
-    disc = DiscoveryNet(online, MethodConfig(discovery_update="discrete", discrete_every_epochs=2))
+    disc = DiscoveryNet(online, DiscoveryNetOptions(discovery_update="discrete", discrete_every_epochs=2))
     with torch.no_grad():
         online.weight.add_(1.0)
     copies = [disc.update(online, step_done=s, steps_per_epoch=5) for s in range(1, 21)]

@@ -26,7 +26,7 @@ from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from discorep.engine.train import pretrain
 from tests.distributed_tools import cpu_syncbn
-from tests.helpers import free_port, tiny_config
+from tests.helpers import free_port, part, tiny_config
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # the paper-scale SyncBN path; test_ddp.py stays fast
 
@@ -71,13 +71,13 @@ def test_syncbn_two_processes_match_one_process_with_double_batch(method, tmp_pa
     a = load_checkpoint(latest_checkpoint(tmp_path / "one" / method))
     b = load_checkpoint(latest_checkpoint(tmp_path / "two" / method))
     assert a["step"] == b["step"] == steps
-    heads = [k for k in a["online"] if k.startswith("projector.") and "running_var" in k]
+    heads = [k for k in part(a, "online") if k.startswith("projector.") and "running_var" in k]
     assert heads, "the projector has batch norm statistics (model.norm reaches the heads)"
-    for part in ("online", "target"):
-        for key, value in a[part].items():
+    for name in ("online", "target"):
+        for key, value in part(a, name).items():
             if value.is_floating_point():
-                torch.testing.assert_close(b[part][key], value, rtol=2e-4, atol=2e-5, msg=f"{part}.{key}")
-    for key, value in a["heads"]["predictor"].items():
+                torch.testing.assert_close(part(b, name)[key], value, rtol=2e-4, atol=2e-5, msg=f"{name}.{key}")
+    for key, value in part(a, "predictor").items():
         if value.is_floating_point():
-            torch.testing.assert_close(b["heads"]["predictor"][key], value, rtol=2e-4, atol=2e-5,
+            torch.testing.assert_close(part(b, "predictor")[key], value, rtol=2e-4, atol=2e-5,
                                        msg=f"predictor.{key}")

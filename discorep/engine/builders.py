@@ -18,9 +18,10 @@ from discorep.data.pretrain import (
     sample_seed,
 )
 from discorep.data.views import ViewSampler
-from discorep.engine.config import Config, ConfigError
+from discorep.engine.config import Config
 from discorep.engine.distributed import DistInfo, long_barrier
 from discorep.engine.optim import build_optimizer
+from discorep.errors import ConfigError
 
 if TYPE_CHECKING:
     from discorep.data.shards import ShardPretrainDataset
@@ -61,7 +62,8 @@ _CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")  # heads a backbone file 
 
 
 def init_backbone(cfg: Config, method: torch.nn.Module) -> None:
-    """Load `model.init` into the backbone of every encoder of `method` (online, target, discovery copies).
+    """Load `model.init` into the backbone of every encoder of `method` (`method.encoders()`: online, EMA and
+    discovery copies).
 
     `model.init` is a state-dict file (a plain dict, or one under "state_dict"/"model", torchvision or
     timm keys), `torchvision:<name>` or `timm:<name>` (downloaded by those libraries). A classifier in
@@ -71,7 +73,6 @@ def init_backbone(cfg: Config, method: torch.nn.Module) -> None:
     if not spec:
         return
     from discorep.checkpoint import CheckpointError, load_weights
-    from discorep.models.backbones import Encoder
 
     if spec.startswith("torchvision:"):
         from torchvision.models import get_model_weights
@@ -90,7 +91,7 @@ def init_backbone(cfg: Config, method: torch.nn.Module) -> None:
                 weights = weights[key]
         if not isinstance(weights, dict):
             raise CheckpointError(f"model.init {spec}: holds a {type(weights).__name__}, not a state dict of weights")
-    for enc in (m for m in method.modules() if isinstance(m, Encoder)):
+    for enc in method.encoders():
         own = enc.backbone.state_dict()
         fitted = {k: v for k, v in weights.items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
         load_weights(enc.backbone, fitted, what=f"{cfg.model.arch} backbone", path=f"model.init {spec}",
@@ -154,7 +155,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def compile_encoders(method: torch.nn.Module, mode: str, device: torch.device) -> int:
-    """`torch.compile` every backbone (online, target, discovery) in place; returns how many.
+    """`torch.compile` every backbone (`method.encoders()`) in place; returns how many.
 
     Only the encoders: they hold nearly all the FLOPs and have static shapes, whereas k-means and mask
     sampling are data-dependent loops that would break the graph. `Module.compile` keeps parameter
@@ -162,12 +163,10 @@ def compile_encoders(method: torch.nn.Module, mode: str, device: torch.device) -
     """
     if mode == "none":
         return 0
-    from discorep.models.backbones import Encoder
-
     problem = compile_unavailable(device)
     if problem:
         raise ConfigError(f"model.compile={mode!r}: {problem}; or set model.compile: none (eager)")
-    encoders = [m for m in method.modules() if isinstance(m, Encoder)]
+    encoders = method.encoders()
     for encoder in encoders:
         encoder.compile(mode=mode)
     log.info("model.compile=%s: %d encoders compiled (the first steps include compilation)", mode, len(encoders))

@@ -1,14 +1,18 @@
-"""Plain YAML configs validated against dataclasses.
+"""Plain YAML configs built into dataclasses by OmegaConf structured configs.
 
-The schema lives elsewhere (`engine.config`); this module is the generic machinery:
+The schema lives elsewhere (`engine.config`); loading is
 
-* `load_yaml` reads a file, resolving an optional top-level ``base: other.yaml`` (relative to the file,
-  recursive, deep-merged with the child winning);
-* `apply_overrides` applies command-line ``a.b.c=value`` overrides (values parsed as YAML);
-* `from_dict` builds nested dataclasses with strict type checks and calls each one's ``validate()``;
-* `to_dict` / `save_config` / `diff_configs` go the other way (and compare runs for ``--resume``).
+1. read the file and its ``base:`` chain (relative to each file, recursive; base first), with a YAML loader
+   that reads ``1e-3`` as a float and refuses duplicate keys;
+2. ``OmegaConf.merge(OmegaConf.structured(cls), *files, *overrides)`` one layer at a time, so an error
+   names its file (and line) or its ``a.b.c=value`` override; a dataclass may pick the type of a section
+   from the data (``section_types``: the ``method:`` section is the chosen method's options);
+3. ``OmegaConf.to_object`` back to the dataclasses, then every ``validate()`` hook, bottom-up.
 
-Every problem with user input is a `ConfigError` naming the dotted key or the file and line.
+OmegaConf converts between scalar types ("5" for an int field, 1 for a bool); a config value must
+already have the field's type (an int is accepted for a float), as before. `to_dict` / `save_config`
+/ `diff_configs` go the other way (and compare runs for ``--resume``). Every problem with user input is a
+`ConfigError` naming the dotted key and, where there is one, the file and line.
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ import copy
 import dataclasses
 import difflib
 import re
-import types
-import typing
+from functools import reduce
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, TypeVar, Union
+from typing import Any, Iterable, NamedTuple, TypeVar
 
 import yaml
+
+from discorep.errors import ConfigError
+
+__all__ = ["ConfigError", "MISSING", "apply_overrides", "deep_merge", "diff_configs", "from_dict", "load_config",
+           "load_yaml", "save_config", "to_dict"]
 
 T = TypeVar("T")
 
 
-from discorep.errors import ConfigError  # noqa: F401,E402 (re-export)
 
 
 class _Missing:
@@ -38,6 +45,15 @@ class _Missing:
 
 
 MISSING = _Missing()
+
+
+class Layer(NamedTuple):
+    """One source merged over the schema: a file of the base chain or one command-line override."""
+
+    source: str  # "" for a dict given in code
+    data: Any  # the layer as a nested dict
+    text: str | None = None  # the file's text, to find a key's line
+    override: tuple[str, Any] | None = None  # ("a.b.c", value): replaces that value (no merge), as before
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -84,6 +100,27 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"YAML error in {source}: nesting too deep") from None
 
 
+def _key_line(text: str | None, key: str) -> int | None:
+    """Line (1-based) of dotted `key` (``a.b[2].c``) in YAML `text`, as deep as the file spells it."""
+    try:
+        node = yaml.compose(text, Loader=_Loader) if text else None
+    except (yaml.YAMLError, RecursionError):
+        return None
+    line = None
+    for part in re.findall(r"\[\d+\]|[^.\[\]]+", key):
+        if isinstance(node, yaml.MappingNode):
+            hit = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
+            if not hit:
+                break
+            line, node = hit[-1][0].start_mark.line + 1, hit[-1][1]
+        elif isinstance(node, yaml.SequenceNode) and part.startswith("[") and int(part[1:-1]) < len(node.value):
+            node = node.value[int(part[1:-1])]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
 def deep_merge(base: dict, child: dict) -> dict:
     """Return ``base`` updated by ``child``; nested dicts merge, everything else the child replaces."""
     out = copy.deepcopy(base)
@@ -95,8 +132,8 @@ def deep_merge(base: dict, child: dict) -> dict:
     return out
 
 
-def _load_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
-    """Load one file and, recursively, its ``base`` files; ``chain`` detects cycles."""
+def _file_layers(path: Path, chain: tuple[Path, ...]) -> list[Layer]:
+    """One file and, recursively, its ``base`` files (base first); ``chain`` detects cycles."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
@@ -109,20 +146,20 @@ def _load_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     data = _parse_yaml(text, str(path))
     if data is None:
-        return {}
+        return [Layer(str(path), {}, text)]
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
-        return data
+        return [Layer(str(path), data, text)]
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file name (relative to this file), got {base!r}")
-    return deep_merge(_load_yaml(path.parent / base, (*chain, resolved)), data)
+    return [*_file_layers(path.parent / base, (*chain, resolved)), Layer(str(path), data, text)]
 
 
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file as a dict, resolving ``base:`` inheritance (child keys win)."""
-    return _load_yaml(Path(path), ())
+    return reduce(deep_merge, (layer.data for layer in _file_layers(Path(path), ())), {})
 
 
 def _set_dotted(data: dict, key: str, value: Any, override: str) -> None:
@@ -138,34 +175,84 @@ def _set_dotted(data: dict, key: str, value: Any, override: str) -> None:
     node[parts[-1]] = value
 
 
+def _parse_override(override: Any) -> tuple[str, Any]:
+    """``"a.b.c=value"`` -> ``("a.b.c", value)``, the value parsed as YAML (``3`` int, ``1e-3`` float, ``null``)."""
+    if not isinstance(override, str) or "=" not in override:
+        raise ConfigError(f"malformed override {override!r}: expected 'section.key=value'")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    if not key or any(not p or p != p.strip() or " " in p for p in key.split(".")):
+        raise ConfigError(f"malformed override {override!r}: the key must look like 'section.key'")
+    return key, _parse_yaml(text, f"override {override!r}")
+
+
+def _check_list(overrides: Iterable[str]) -> list:
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
+    return list(overrides)
+
+
+def _override_layers(overrides: Iterable[str]) -> list[Layer]:
+    """One layer per override, so an error names the override it comes from."""
+    layers = []
+    for override in _check_list(overrides):
+        key, value = _parse_override(override)
+        data: dict = {}
+        _set_dotted(data, key, value, override)
+        layers.append(Layer(f"override {override!r}", data, None, (key, value)))
+    return layers
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """Return a copy of ``data`` with ``"a.b.c=value"`` overrides applied; values are parsed as YAML.
 
     So ``3`` is an int, ``0.1`` and ``1e-3`` floats, ``[1,2]`` a list, ``true`` a bool, ``null`` None.
     """
-    if isinstance(overrides, str):
-        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
     out = copy.deepcopy(data)
-    for override in overrides:
-        if not isinstance(override, str) or "=" not in override:
-            raise ConfigError(f"malformed override {override!r}: expected 'section.key=value'")
-        key, text = override.split("=", 1)
-        key = key.strip()
-        if not key or any(not p or p != p.strip() or " " in p for p in key.split(".")):
-            raise ConfigError(f"malformed override {override!r}: the key must look like 'section.key'")
-        value = _parse_yaml(text, f"override {override!r}")
-        _set_dotted(out, key, value, override)
+    for override in _check_list(overrides):
+        _set_dotted(out, *_parse_override(override), override)
     return out
 
 
 # ------------------------------------------------------------------------------- dict -> dataclasses
 
 
-def _type_name(tp: Any) -> str:
-    """Readable name of a type annotation for error messages."""
-    if isinstance(tp, type) and not typing.get_args(tp):
-        return "null" if tp is type(None) else tp.__name__
-    return str(tp).replace("typing.", "")
+def from_dict(cls: type[T], data: dict) -> T:
+    """Build dataclass ``cls`` from ``data``; missing keys take defaults; ``validate()`` hooks run bottom-up.
+
+    Raises `ConfigError` naming the dotted key for unknown keys (with the closest valid key), wrong
+    types (expected vs given) and missing required keys.
+    """
+    return build(cls, [Layer("", data)])
+
+
+def load_config(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:
+    """The file (with its base chain) and the overrides, merged in that order over ``cls``."""
+    return build(cls, [*_file_layers(Path(path), ()), *_override_layers(list(overrides))])
+
+
+def build(cls: type[T], layers: list[Layer]) -> T:
+    """Merge `layers` over the structured config of `cls`, convert back and run the validate hooks."""
+    from discorep.engine.configmerge import checked_merge, section_schema, to_object
+
+    for layer in layers:
+        if not isinstance(layer.data, dict):
+            where = f" ({layer.source})" if layer.source else ""
+            raise ConfigError(f"the config must be a mapping of keys, got {type(layer.data).__name__} "
+                              f"{_short(layer.data)}{where}")
+    merged: dict = {}  # the plain-dict result, for `section_types` and the error hints
+    for layer in layers:
+        if layer.override:
+            key, value = layer.override
+            _set_dotted(merged, key, copy.deepcopy(value), layer.source)
+        else:
+            merged = deep_merge(merged, layer.data)
+    schema = section_schema(cls, merged)
+    for layer in layers:
+        schema = checked_merge(schema, layer, merged)
+    obj = to_object(schema)
+    _validate_tree(obj, "")
+    return obj
 
 
 def _short(value: Any) -> str:
@@ -173,119 +260,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _wrong(key: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"'{key}' must be {expected}, got {type(value).__name__} {_short(value)}")
-
-
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _convert_union(args: tuple, value: Any, key: str) -> Any:
-    if value is None and type(None) in args:
-        return None
-    errors = []
-    for arg in args:
-        if arg is type(None):
-            continue
-        try:
-            return _convert(arg, value, key)
-        except ConfigError as exc:
-            errors.append(str(exc))
-    if len(errors) == 1:  # Optional[X]: the error about X is the useful one
-        raise ConfigError(errors[0] + " (or null)")
-    raise _wrong(key, " or ".join(_type_name(a) for a in args), value)
+def where(layer: Layer, key: str) -> str:
+    """" (in FILE, line N)" / " (override 'a=b')" for an error message; "" for data given in code."""
+    if not layer.source:
+        return ""
+    line = _key_line(layer.text, key)
+    return f" (in {layer.source}, line {line})" if line else f" (in {layer.source})"
 
 
-def _convert_literal(args: tuple, value: Any, key: str) -> Any:
-    # `type(...) is` so that True never matches Literal[1] and 1 never matches Literal[True].
-    if any(value == a and type(value) is type(a) for a in args):
-        return value
-    choices = ", ".join(repr(a) for a in args)
-    raise ConfigError(f"'{key}' must be one of {choices}; got {_short(value)}")
-
-
-def _convert_sequence(origin: type, args: tuple, value: Any, key: str) -> Any:
-    if not isinstance(value, (list, tuple)):
-        raise _wrong(key, f"a list ({_type_name(origin)})", value)
-    if origin is list:
-        item = args[0] if args else Any
-        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if not args:
-        return tuple(value)
-    if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if len(value) != len(args):
-        raise ConfigError(f"'{key}' must be a list of {len(args)} items, got {len(value)}: {_short(value)}")
-    return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-
-
-def _convert_mapping(args: tuple, value: Any, key: str) -> dict:
-    if not isinstance(value, dict):
-        raise _wrong(key, "a mapping", value)
-    key_tp, val_tp = args if args else (Any, Any)
-    out = {}
-    for k, v in value.items():
-        sub = _join(key, str(k))
-        out[_convert(key_tp, k, sub + " (key)")] = _convert(val_tp, v, sub)
-    return out
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# Strict scalar rules: bool is never an int/float here, and nothing is coerced to bool or str.
-_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    float: (_is_number, "a number"),
-    str: (lambda v: isinstance(v, str), "a string (quote it in YAML)"),
-}
-
-
-def _convert_scalar(tp: type, value: Any, key: str) -> Any:
-    check, expected = _SCALARS.get(tp, (lambda v: isinstance(v, tp), _type_name(tp)))
-    if not check(value):
-        raise _wrong(key, expected, value)
-    return float(value) if tp is float else value
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check (and minimally convert: int -> float, list -> tuple) ``value`` against annotation ``tp``."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Union or origin is types.UnionType:
-        return _convert_union(args, value, key)
-    if origin is Literal:
-        return _convert_literal(args, value, key)
-    if tp in (list, tuple) or origin in (list, tuple):
-        return _convert_sequence(origin or tp, args, value, key)
-    if tp is dict or origin is dict:
-        return _convert_mapping(args, value, key)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return value if isinstance(value, tp) else from_dict(tp, value, key)
-    if isinstance(tp, type):
-        return _convert_scalar(tp, value, key)
-    raise TypeError(f"configio does not support the annotation {tp!r} (field '{key}')")
-
-
-def _unknown_key(cls: type, key: Any, valid: list[str], path: str) -> ConfigError:
-    dotted = _join(path, str(key))
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    hint = f"did you mean '{_join(path, close[0])}'?" if close else f"valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown config key '{dotted}' in {cls.__name__}; {hint}")
-
-
-def _check_keys(cls: type, data: Any, valid: list[str], path: str) -> None:
-    if not isinstance(data, dict):
-        where = f"'{path}'" if path else "the config"
-        raise ConfigError(f"{where} must be a mapping of keys, got {type(data).__name__} {_short(data)}")
-    for key in data:
-        if key not in valid:
-            raise _unknown_key(cls, key, valid, path)
+def suggest(key: str, valid: list[str], path: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f"did you mean '{_join(path, close[0])}'?" if close else f"valid keys: {', '.join(valid)}"
 
 
 def _run_validate(obj: Any, path: str) -> None:
@@ -298,54 +287,17 @@ def _run_validate(obj: Any, path: str) -> None:
     except ConfigError:
         raise
     except ValueError as exc:
-        where = f" in '{path}'" if path else ""
-        raise ConfigError(f"invalid config{where}: {exc}") from None
-
-
-def from_dict(cls: type[T], data: dict, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; missing keys take defaults; ``validate()`` hooks run bottom-up.
-
-    Raises `ConfigError` naming the dotted key for unknown keys (with the closest valid key), wrong
-    types (expected vs given) and missing required keys.
-    """
-    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
-        raise TypeError(f"from_dict needs a dataclass type, got {cls!r}")
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    valid = [f.name for f in fields]
-    _check_keys(cls, data, valid, path)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in fields:
-        key = _join(path, f.name)
-        if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required config key '{key}'")
-    try:
-        obj = cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:  # a __post_init__ check
-        raise ConfigError(f"invalid config in '{path or cls.__name__}': {exc}") from None
-    for f in fields:  # sections left at their defaults are validated too
-        if f.name not in data:
-            _validate_tree(getattr(obj, f.name), _join(path, f.name))
-    _run_validate(obj, path)
-    return obj
+        where_ = f" in '{path}'" if path else ""
+        raise ConfigError(f"invalid config{where_}: {exc}") from None
 
 
 def _validate_tree(value: Any, path: str) -> None:
-    """Run ``validate()`` hooks of a default-constructed dataclass and its nested sections, bottom-up."""
+    """Run ``validate()`` hooks of a dataclass and its nested sections, bottom-up."""
     if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
         return
     for f in dataclasses.fields(value):
         _validate_tree(getattr(value, f.name), _join(path, f.name))
     _run_validate(value, path)
-
-
-def load_config(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:
-    """`load_yaml` + `apply_overrides` + `from_dict` in one call."""
-    return from_dict(cls, apply_overrides(load_yaml(path), list(overrides)))
 
 
 # ------------------------------------------------------------------------------- dataclasses -> dict
@@ -395,6 +347,10 @@ def diff_configs(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
         if _differs(va, vb):
             diffs.append((key, va, vb))
     return diffs
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _differs(x: Any, y: Any) -> bool:

@@ -1,6 +1,7 @@
 """k-NN accuracy and object-discovery ABO measured every N epochs during pretraining (R2O Fig. 4).
 
-Runs on the main process with the live online network switched to eval mode (and back), so a user
+Runs on the main process with the live evaluated network (the method's `eval_branch()`, its online
+encoder and projector) switched to eval mode (and back), so a user
 watches the representation and the masks improve without labels ever reaching the training loss.
 """
 
@@ -34,10 +35,10 @@ class PeriodicEval:
         from discorep.eval.backbone import EvalModel
 
         e = self.cfg.eval
-        online = method.online
-        model = EvalModel(online.encoder, online.projector, self.cfg.model.arch, "online", {})
+        branch = method.eval_branch()
+        model = EvalModel(branch.encoder, branch.projector, self.cfg.model.arch, "online", {})
         metrics: dict[str, float] = {}
-        with eval_mode(online):
+        with eval_mode(branch):
             if e.knn_train is not None:
                 from discorep.eval.knn import evaluate_knn
 

@@ -15,14 +15,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from discorep.engine import builders, startup
-from discorep.checkpoint import (checkpoint_path, get_rng_state, latest_checkpoint, load_checkpoint, load_weights,
-                                        prune_checkpoints, resolve_checkpoint, save_checkpoint, set_rng_state)
+from discorep.checkpoint import (CHECKPOINT_FORMAT, checkpoint_path, get_rng_state, latest_checkpoint,
+                                 load_checkpoint, load_module_weights, narrow_legacy_config, prune_checkpoints,
+                                 save_checkpoint, set_rng_state, upgrade_checkpoint)
 from discorep.engine.config import Config
-from discorep.engine.configio import ConfigError, diff_configs, save_config, to_dict
+from discorep.engine.configio import ConfigError, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
 from discorep.engine.logger import ExpectedDuration, RunLogger
 from discorep.engine.optim import clip_grad_norm
 from discorep.engine.periodic_eval import PeriodicEval
+from discorep.engine.resume import (RESUME_SAFE_KEYS, ResumeConfigError, check_resume_config,  # noqa: F401
+                                    resolve_resume)
 from discorep.engine.startup import RunFolderError, TooManyBadImagesError  # noqa: F401 (re-exported)
 from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
 from discorep.methods import build_method
@@ -32,13 +35,7 @@ from discorep.viz import denormalize, grid_picture
 
 log = logging.getLogger("discorep")
 
-# Keys that may change on --resume without changing what is trained.
-RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
-                    "train.keep_last", "train.picture_every_epochs", "train.picture_images",
-                    "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache", "model.compile")
-
-
-from discorep.errors import NonFiniteLossError, PeerLostError, ResumeConfigError  # noqa: F401,E402
+from discorep.errors import NonFiniteLossError, PeerLostError  # noqa: F401 (re-exported)
 
 
 _PEER_FAILURE_HINTS = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout",
@@ -55,14 +52,10 @@ class Trainer:
         builders.compile_encoders(self.method, cfg.model.compile, dist_info.device)
         self.model = self.method
         if dist_info.world_size > 1:
-            # Levels the loss never reaches (layer4 when pooling C4, the FPN when pooling C5) get no
-            # gradient; DDP must then be told to look for unused parameters.
-            feature, fpn = cfg.method.features, cfg.model.fpn
-            unused = not (feature == "fpn" or (feature == "c5" and not fpn))
             self.model = DistributedDataParallel(
                 self.method, device_ids=[dist_info.local_rank] if dist_info.device.type == "cuda" else None,
-                find_unused_parameters=unused)
-        self.optimizer = builders.build_optimizer_for(cfg, self.method.online_modules())
+                find_unused_parameters=self.method.find_unused_parameters())
+        self.optimizer = builders.build_optimizer_for(cfg, self.method.trained_modules())
         use_fp16 = cfg.train.precision == "fp16"
         if use_fp16 and dist_info.device.type != "cuda":
             raise ConfigError("train.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
@@ -84,29 +77,28 @@ class Trainer:
 
     # ----- state -----
     def state_dict(self) -> dict:
+        """The checkpoint (layout: `discorep.checkpoint`, "format versions"): the method's whole state."""
         m = self.method
-        state = {"format": "discorep-checkpoint-v1", "step": self.step, "config": to_dict(self.cfg),
-                 "world_size": self.dist.world_size,
-                 "online": m.online.state_dict(), "target": m.target.state_dict(),
-                 "heads": {"predictor": m.predictor.state_dict()},
+        state = {"format": CHECKPOINT_FORMAT, "step": self.step, "config": to_dict(self.cfg),
+                 "world_size": self.dist.world_size, "method": m.state_dict(), "eval_branch": self.eval_prefixes(),
                  "optimizer": self.optimizer.state_dict(), "rng": get_rng_state(),
                  "skipped": sorted(self.skipped.items()), "extra": m.extra_state_dict()}
-        if getattr(m, "discovery", None) is not None:
-            state["discovery"] = m.discovery.state_dict()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
 
+    def eval_prefixes(self) -> dict[str, str]:
+        """Where the evaluated network's encoder and projector sit in the method's state dict (for `eval`,
+        `discover` and `export`, which read checkpoints without building the method)."""
+        branch = self.method.eval_branch()
+        names = {id(mod): name for name, mod in self.method.named_modules()}
+        return {part: names[id(getattr(branch, part))] + "." for part in ("encoder", "projector")}
+
     def load_state_dict(self, state: dict, source: str | Path = "checkpoint") -> None:
-        m = self.method
-        nets = [("online", m.online, state.get("online")), ("target", m.target, state.get("target")),
-                ("predictor", m.predictor, state.get("heads", {}).get("predictor"))]
-        if getattr(m, "discovery", None) is not None:
-            nets.append(("discovery", m.discovery, state.get("discovery")))
-        for what, net, weights in nets:
-            load_weights(net, weights, what=what, path=source,
-                         hint="resume with the model settings that wrote it (model.*, method.*)")
-        m.load_extra_state_dict(state.get("extra", {}))
+        state = upgrade_checkpoint(state)
+        load_module_weights(self.method, state.get("method"), path=source,
+                            hint="resume with the model settings that wrote it (model.*, method.*)")
+        self.method.load_extra_state_dict(state.get("extra", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -193,7 +185,7 @@ class Trainer:
         else:
             loss.backward()
         if self.cfg.optim.clip_grad:
-            clip_grad_norm(self.method.online_modules().parameters(), self.cfg.optim.clip_grad)
+            clip_grad_norm(self.method.trained_modules().parameters(), self.cfg.optim.clip_grad)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -335,28 +327,6 @@ def _progress(enabled: bool, start: int, end: int):
     return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain", disable=None)
 
 
-def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        return latest_checkpoint(run_dir)
-    return Path(resolve_checkpoint(resume, "--resume"))  # a file, or a run folder's latest
-
-
-def check_resume_config(saved: dict, current: dict, allow_change: bool, saved_world: int | None = None,
-                        world: int | None = None) -> None:
-    """Refuse to resume with a different config or number of processes unless `allow_change`."""
-    diffs = [d for d in diff_configs(saved, current) if d[0] not in RESUME_SAFE_KEYS]
-    if saved_world is not None and world is not None and saved_world != world:
-        batch = current["train"]["batch_size"]
-        diffs.append(("world size (processes; global batch = world x train.batch_size)",
-                      f"{saved_world} (global batch {saved_world * batch})", f"{world} (global batch {world * batch})"))
-    if diffs and not allow_change:
-        lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in diffs)
-        raise ResumeConfigError(f"--resume: the run was trained with a different config:\n{lines}\n"
-                          "Use the same config, or pass --allow-config-change to resume anyway.")
-
-
 def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False,
              overwrite: bool = False) -> Path:
     """Train `cfg` (resuming if asked) and return the run folder; `engine.startup` says what is refused."""
@@ -375,7 +345,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         if ckpt_path is None:  # a resumed run's weights come from its checkpoint
             builders.init_backbone(cfg, trainer.method)
         if ckpt_path is not None:
-            state = load_checkpoint(ckpt_path)
+            state = upgrade_checkpoint(load_checkpoint(ckpt_path))
+            narrow_legacy_config(state, to_dict(cfg.method))
             check_resume_config(state["config"], to_dict(cfg), allow_config_change, state.get("world_size"),
                                 dist_info.world_size)
             trainer.load_state_dict(state, ckpt_path)

@@ -1,8 +1,10 @@
 """Load the network to evaluate: a pretraining checkpoint's online encoder, or `random:<arch>`.
 
 Evaluation never imports training code (`methods/`, `engine/`): a checkpoint is read as plain state
-dicts plus the config it was trained with. After pretraining only the online network is kept
-(Odin §3.1); its projector g is kept too because Odin A.4 clusters FPN projections z.
+dicts plus the config it was trained with; its "eval_branch" says where the evaluated network (the
+online one) is in the method's weights (older checkpoints: `checkpoint.upgrade_checkpoint`). After
+pretraining only the online network is kept (Odin §3.1); its projector g is kept too because Odin A.4
+clusters FPN projections z.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discorep.checkpoint import CheckpointError, load_checkpoint, load_weights
+from discorep.checkpoint import CheckpointError, eval_weights, load_checkpoint, load_weights, upgrade_checkpoint
 from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
 from discorep.errors import UsageError
 from discorep.models.backbones import ARCHS, Encoder, known_arch, supports_fpn
@@ -60,24 +62,20 @@ def _parse_random(spec: str) -> tuple[str, int]:
     raise CheckpointError(f"--checkpoint {spec}: expected random:<arch> or random:<arch>:<seed> (e.g. random:resnet18:1)")
 
 
-def _sub_state(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def _checkpoint_model(path: Path) -> EvalModel:
-    state = load_checkpoint(path)
-    if not isinstance(state.get("online"), dict) or "config" not in state:
-        raise CheckpointError(f"{path}: not a discorep pretraining checkpoint (no 'online' network/config); "
+    state = upgrade_checkpoint(load_checkpoint(path))
+    if not isinstance(state.get("method"), dict) or "config" not in state:
+        raise CheckpointError(f"{path}: not a discorep pretraining checkpoint (no network weights/config); "
                               "pass a file from runs/<name>/checkpoints/ or random:<arch>")
     m = state["config"].get("model", {}) if isinstance(state["config"], dict) else {}
     if not known_arch(m.get("arch")):
         raise CheckpointError(f"{path}: its config names no known model.arch ({m.get('arch')!r}); "
                               f"expected a timm model name or one of {', '.join(ARCHS)}")
     encoder = Encoder(m["arch"], fpn=m.get("fpn", False), fpn_dim=m.get("fpn_dim", 256), norm=m.get("norm", "bn"))
-    load_weights(encoder, _sub_state(state["online"], "encoder."), what=f"{m['arch']} encoder", path=path,
+    load_weights(encoder, eval_weights(state, "encoder"), what=f"{m['arch']} encoder", path=path,
                  hint="the file's weights come from another architecture than its config says")
     projector = None
-    proj_state = _sub_state(state["online"], "projector.")
+    proj_state = eval_weights(state, "projector")
     if proj_state:
         projector = _projector_from_state(proj_state, m)
     return EvalModel(encoder.eval(), projector, m["arch"], str(path), dict(m))

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discorep.checkpoint import CheckpointError, load_checkpoint
+from discorep.checkpoint import CheckpointError, eval_weights, load_checkpoint, upgrade_checkpoint
 from discorep.errors import UsageError
 from discorep.export.converters import CONVERTERS
 from discorep.fileio import atomic_write
@@ -44,7 +44,7 @@ from discorep.models.backbones import ARCHS, known_arch
 __all__ = ["TARGETS", "export_backbone", "online_backbone", "placeholder_note"]
 
 TARGETS = tuple(CONVERTERS)
-_PREFIX = "encoder.backbone."  # the FPN (encoder.fpn.*) and the projector (projector.*) are dropped
+_PREFIX = "backbone."  # of the evaluated encoder: its FPN (fpn.*) and the projector are dropped
 
 
 def _model_config(state: dict, checkpoint: Path) -> dict:
@@ -68,19 +68,21 @@ def _random_backbone(spec: str) -> tuple[OrderedDict[str, Tensor], str, str]:
 def online_backbone(checkpoint: str | os.PathLike) -> tuple[OrderedDict[str, Tensor], str, str]:
     """(backbone weights of the online encoder, arch, norm) of a pretraining checkpoint or `random:<arch>`.
 
-    Only `online` is read: the target, discovery network, predictor, FPN and projector stay behind.
+    Only the evaluated (online) encoder is read: the target, discovery network, predictor, FPN and
+    projector stay behind.
     """
     if str(checkpoint).startswith("random:"):
         return _random_backbone(str(checkpoint))
     checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)  # weights_only: never executes code from the file
-    if not isinstance(state.get("online"), dict):
-        raise CheckpointError(f"{checkpoint}: not a discorep pretraining checkpoint (no 'online' network); "
+    state = upgrade_checkpoint(load_checkpoint(checkpoint))  # weights_only: never executes code from the file
+    if not isinstance(state.get("method"), dict):
+        raise CheckpointError(f"{checkpoint}: not a discorep pretraining checkpoint (no network weights); "
                               "pass a file from runs/<name>/checkpoints/")
     model = _model_config(state, checkpoint)
-    backbone = OrderedDict((k[len(_PREFIX):], v) for k, v in state["online"].items() if k.startswith(_PREFIX))
+    encoder = eval_weights(state, "encoder")
+    backbone = OrderedDict((k[len(_PREFIX):], v) for k, v in encoder.items() if k.startswith(_PREFIX))
     if not backbone:
-        raise CheckpointError(f"{checkpoint}: the online network has no '{_PREFIX}*' weights")
+        raise CheckpointError(f"{checkpoint}: the evaluated encoder has no '{_PREFIX}*' weights")
     return backbone, model["arch"], model.get("norm", "bn")
 
 

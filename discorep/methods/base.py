@@ -1,6 +1,8 @@
 """What every method shares: online θ and target ξ networks, EMA, and the object-level loss path.
 
 A method subclass only chooses where masks come from (its `forward`) and, for Odin, owns a discovery net.
+It owns its modules: the engine asks it which are trained (`trained_modules`), saves its whole
+`state_dict()` plus `extra_state_dict()`, evaluates `eval_branch()` and never names a submodule.
 The object path (DetCon, Odin, R2O): sample mask ids present in both views → pool online and target
 features inside the masks (Odin eq. 1) → projector/predictor heads → BYOL or contrastive loss.
 """
@@ -8,6 +10,7 @@ features inside the masks (Odin eq. 1) → projector/predictor heads → BYOL or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -17,13 +20,26 @@ from discorep.discovery.align import AlignedMasks, align_masks_views, hard_masks
 from discorep.discovery.pooling import mask_pool, sample_mask_ids
 from discorep.discovery.random import image_seeds
 from discorep.discovery.sources import feature_kmeans_labels
-from discorep.engine.config import Config
+from discorep.data.config import DataConfig
+from discorep.data.views import ViewConfig
 from discorep.losses.byol import object_byol_loss
 from discorep.losses.contrastive import contrastive_loss
 from discorep.models.backbones import Encoder
+from discorep.models.config import ModelConfig
 from discorep.models.ema import ema_update_, make_ema_copy
 from discorep.models.heads import MLP
 from discorep.models.dense import dense_features
+from discorep.methods.options import MethodOptions
+
+
+class RunConfig(Protocol):
+    """What a method reads of the run config (the engine's `Config`; methods never import the engine)."""
+
+    data: DataConfig
+    views: ViewConfig
+    model: ModelConfig
+    method: Any  # the method's own `Options`
+    train: Any  # train.batch_size and train.epochs, read by some options checks
 
 
 @dataclass
@@ -51,7 +67,7 @@ class StepInfo:
 class Branch(nn.Module):
     """Encoder f plus projector g: the part shared by online, target and discovery networks."""
 
-    def __init__(self, cfg: Config, feature: str):
+    def __init__(self, cfg: RunConfig, feature: str):
         super().__init__()
         m = cfg.model
         self.encoder = Encoder(m.arch, fpn=m.fpn, fpn_dim=m.fpn_dim, norm=m.norm)
@@ -66,7 +82,9 @@ class Branch(nn.Module):
 class PretrainMethod(nn.Module):
     """Base: online (encoder, projector, predictor) and an EMA target (encoder, projector)."""
 
-    def __init__(self, cfg: Config):
+    Options = MethodOptions  # each registered subclass names its own options dataclass
+
+    def __init__(self, cfg: RunConfig):
         super().__init__()
         self.cfg = cfg
         self.feature = cfg.method.features
@@ -88,9 +106,26 @@ class PretrainMethod(nn.Module):
     def lr_scale(self, info: StepInfo) -> float:
         return 1.0
 
-    def online_modules(self) -> nn.ModuleDict:
-        """The modules the optimizer trains."""
-        return nn.ModuleDict({"online": self.online, "predictor": self.predictor})
+    def trained_modules(self) -> nn.ModuleDict:
+        """The modules the optimizer trains (and gradient clipping sees), in the optimizer's order: every
+        submodule with a trainable parameter (online, predictor, and whatever a subclass adds); EMA copies
+        (`make_ema_copy`: target, discovery) are frozen and left out."""
+        return nn.ModuleDict({name: child for name, child in self.named_children()
+                              if any(p.requires_grad for p in child.parameters())})
+
+    def eval_branch(self) -> Branch:
+        """The network evaluated during and after pretraining: `.encoder` and `.projector` (Odin §3.1)."""
+        return self.online
+
+    def encoders(self) -> list[Encoder]:
+        """Every backbone copy (online, EMA, discovery): what `model.init` loads and `model.compile` compiles."""
+        return [m for m in self.modules() if isinstance(m, Encoder)]
+
+    def find_unused_parameters(self) -> bool:
+        """Whether some trained parameters get no gradient, which DDP must then be told: levels the
+        loss never reaches (layer4 when pooling C4, the FPN when pooling C5)."""
+        feature, fpn = self.feature, self.cfg.model.fpn
+        return not (feature == "fpn" or (feature == "c5" and not fpn))
 
     @torch.no_grad()
     def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:

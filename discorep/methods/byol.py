@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from discorep.errors import ConfigError
 from discorep.losses.byol import byol_loss
 from discorep.methods.base import PretrainMethod, StepInfo
+from discorep.methods.options import MethodOptions
+from discorep.methods.registry import register_method
 
 
+@dataclass
+class BYOLOptions(MethodOptions):
+    def validate(self) -> None:
+        super().validate()
+        if self.loss != "byol":
+            raise ConfigError("method.loss must be 'byol' for method.name 'byol'")
+
+
+@register_method("byol")
 class BYOL(PretrainMethod):
+    Options = BYOLOptions
+
     def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
         both = torch.cat([batch["view1"], batch["view2"]])
         h = self.online(both)[self.feature].mean(dim=(2, 3))

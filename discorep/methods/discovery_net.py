@@ -7,17 +7,35 @@ updates) and 1-vs-N-process runs consistent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from discorep.engine.config import MethodConfig
+from discorep.errors import ConfigError
 from discorep.models.ema import copy_params_, ema_update_, make_ema_copy
+
+
+@dataclass
+class DiscoveryNetOptions:
+    """How the discovery network follows the online one (Odin; the Odin+R2O hybrid)."""
+
+    discovery_update: Literal["continuous", "discrete"] = "continuous"
+    lambda_tau: float = 1e-3  # continuous: τ ← (1−λτ)τ + λτ θ (Odin eq. 7)
+    discrete_every_epochs: int = 100  # discrete: copy θ → τ every N epochs, segments cached between
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lambda_tau <= 1.0:
+            raise ConfigError(f"method.lambda_tau must be in [0, 1], got {self.lambda_tau}")
+        if self.discrete_every_epochs < 1:
+            raise ConfigError("method.discrete_every_epochs must be >= 1")
 
 
 class DiscoveryNet(nn.Module):
     """τ follows θ: continuously, τ ← (1−λτ)τ + λτ θ (Odin eq. 7), or by a copy every N epochs."""
 
-    def __init__(self, online: nn.Module, cfg: MethodConfig):
+    def __init__(self, online: nn.Module, cfg: DiscoveryNetOptions):
         super().__init__()
         self.net = make_ema_copy(online)
         self.mode = cfg.discovery_update

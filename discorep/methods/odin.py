@@ -10,19 +10,50 @@ and the discovery network is not evaluated in between; they are then computed on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from torch import Tensor
 
 from discorep.discovery.cache import SegmentCache
 from discorep.discovery.random import image_seeds
 from discorep.discovery.sources import feature_kmeans_labels
-from discorep.engine.config import Config
-from discorep.methods.base import PretrainMethod, StepInfo
-from discorep.methods.discovery_net import DiscoveryNet
+from discorep.errors import ConfigError
+from discorep.methods.base import PretrainMethod, RunConfig, StepInfo
+from discorep.methods.discovery_net import DiscoveryNet, DiscoveryNetOptions
+from discorep.methods.options import FeatureMap, MethodOptions, at_least_one
+from discorep.methods.registry import register_method
 from discorep.models.dense import dense_features
 
 
+@dataclass
+class OdinOptions(DiscoveryNetOptions, MethodOptions):
+    K: int = 16  # clusters per image
+    kmeans_iters: int = 30
+    discovery_features: FeatureMap = "fpn"
+    discovery_use_projection: bool = True  # cluster z = g_τ(h) (Odin A.3) instead of h
+
+    def validate(self) -> None:
+        MethodOptions.validate(self)
+        DiscoveryNetOptions.validate(self)
+        at_least_one(self, "K", "kmeans_iters")
+        if self.K > 32767:  # the segment cache stores int16 label maps
+            raise ConfigError(f"method.K={self.K} exceeds 32767 (Odin's segment cache stores int16 ids)")
+
+    def validate_config(self, cfg: Any) -> None:
+        if self.discovery_features == "fpn" and not cfg.model.fpn:
+            raise ConfigError("method.features/discovery_features 'fpn' needs model.fpn: true")
+        super().validate_config(cfg)
+        n_points = (cfg.views.spanning_size // cfg.model.strides()[self.discovery_features]) ** 2
+        if self.K > n_points:
+            raise ConfigError(f"method.K={self.K} exceeds the {n_points} feature-grid points of the spanning view")
+
+
+@register_method("odin")
 class Odin(PretrainMethod):
-    def __init__(self, cfg: Config):
+    Options = OdinOptions
+
+    def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         self.discovery = DiscoveryNet(self.online, cfg.method)
         self.cache = SegmentCache() if cfg.method.discovery_update == "discrete" else None

@@ -5,7 +5,7 @@ network's C4 on the raw view, k-means with K(t) clusters runs over all region em
 device's batch, and every pixel takes its region's cluster (hard labels). The label map is aligned
 to each view's C5 grid by RoIAlign; mask-pooled C5 → projector → predictor → BYOL loss per mask,
 weighted by "present in both views". K(t) follows the region-to-object curriculum (R2O A.1, see
-`engine.schedules.k_at`), and the learning rate is scaled by K(t)/16 when `lr_scale_by_k`.
+`methods.schedules.k_at`), and the learning rate is scaled by K(t)/16 when `lr_scale_by_k`.
 
 `method.region_network: discovery` is the Odin+R2O hybrid: the region embeddings come from an Odin
 discovery network (EMA of the online one, eq. 7) instead of the target network.
@@ -13,21 +13,66 @@ discovery network (EMA of the online one, eq. 7) instead of the target network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 from torch import Tensor
 from torch.profiler import record_function
 
 from discorep.discovery.align import AlignedMasks, align_masks_views
 from discorep.discovery.sources import cluster_masks, region_clusters, region_kmeans_labels
-from discorep.engine.config import Config
-from discorep.engine.schedules import k_at, k_lr_scale
-from discorep.methods.base import PretrainMethod, StepInfo
-from discorep.methods.discovery_net import DiscoveryNet
+from discorep.errors import ConfigError
+from discorep.methods.base import PretrainMethod, RunConfig, StepInfo
+from discorep.methods.discovery_net import DiscoveryNet, DiscoveryNetOptions
+from discorep.methods.options import MethodOptions, at_least_one
+from discorep.methods.registry import register_method
+from discorep.methods.schedules import k_at, k_lr_scale
 from discorep.models.dense import dense_features
 
 
+@dataclass
+class R2OOptions(DiscoveryNetOptions, MethodOptions):
+    kmeans_iters: int = 30
+    region_features: Literal["c4", "c5"] = "c4"
+    region_network: Literal["target", "discovery"] = "target"  # "discovery" = Odin+R2O hybrid
+    k_schedule: Literal["fixed", "cosine", "linear"] = "cosine"
+    K0: int = 128
+    K_f: int = 4
+    t_alpha: float = 40.0  # epochs at K0 before the curriculum starts (R2O A.1)
+    lr_scale_by_k: bool = True  # lr × K(t)/k_lr_reference (public code)
+    k_lr_reference: int = 16
+
+    def validate(self) -> None:
+        MethodOptions.validate(self)
+        DiscoveryNetOptions.validate(self)
+        at_least_one(self, "K0", "K_f", "kmeans_iters", "k_lr_reference")
+
+    def validate_config(self, cfg: Any) -> None:
+        self.needs_prior(cfg)
+        super().validate_config(cfg)
+        self._check_regions(cfg)
+
+    def _check_regions(self, cfg: Any) -> None:
+        """R2O clusters the regions of one device batch: more clusters than regions is degenerate."""
+        prior, params = cfg.data.prior, cfg.data.prior_params
+        per_image = {"slic": params.get("n_segments", 100), "grid": params.get("n", 14) ** 2}.get(prior)
+        if per_image is None:  # Felzenszwalb: the region count depends on the image
+            return
+        batch = cfg.train.batch_size
+        regions = int(per_image) * batch
+        if max(self.K0, self.K_f) > regions:
+            raise ConfigError(
+                f"method.K0={self.K0} (K_f={self.K_f}) exceeds the at most {regions} regions of one device batch "
+                f"(train.batch_size={batch} x {int(per_image)} {prior} regions): "
+                "lower the K values or raise the batch size or the prior's region count")
+
+
+@register_method("r2o")
 class R2O(PretrainMethod):
-    def __init__(self, cfg: Config):
+    Options = R2OOptions
+
+    def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         hybrid = cfg.method.region_network == "discovery"
         self.discovery = DiscoveryNet(self.online, cfg.method) if hybrid else None

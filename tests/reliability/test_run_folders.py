@@ -182,8 +182,8 @@ def test_a_run_folder_is_a_checkpoint_everywhere(outcome, trained, scenes, tmp_p
                  "--features", "c4", "--k", "2", "--out", str(tmp_path / "o.json")]) == 0
     assert main(["export", "--checkpoint", str(trained), "--to", "timm", "--out", str(tmp_path / "t.pth")]) == 0
     exported = torch.load(tmp_path / "t.pth", weights_only=True)
-    online = load_checkpoint(latest)["online"]
-    assert torch.equal(exported["conv1.weight"], online["encoder.backbone.conv1.weight"])
+    weights = load_checkpoint(latest)["method"]
+    assert torch.equal(exported["conv1.weight"], weights["online.encoder.backbone.conv1.weight"])
     capsys.readouterr()
     missing = trained / "checkpoints" / "step_00000240.pt"
     assert main(["discover", "--checkpoint", str(missing), "--images", str(scenes / "images"), "--out",

@@ -38,7 +38,8 @@ def test_forced_resume_into_another_model_is_one_clear_error(outcome, scenes, tm
         pretrain(wider, resume="auto", allow_config_change=True)
     msg = str(info.value)
     # The projector's last layer changed shape: counted, one example with both shapes, the file named.
-    assert "step_00000002.pt" in msg and "online weights do not fit" in msg and "with another shape" in msg
+    assert "step_00000002.pt" in msg and "its online, predictor and target weights do not fit" in msg
+    assert "with another shape" in msg
     assert "\n" not in msg and "model [32" in msg, msg
     outcome("config", "--resume --allow-config-change into another model shape",
             "CheckpointError counting the reshaped keys, one example, the file")
@@ -70,7 +71,7 @@ def test_non_finite_loss_stops_naming_the_step_or_is_skipped(outcome, mode, scen
     losses = losses_by_step(run_dir)
     assert losses[4] == "nan"  # the skipped step is logged (JSON has no NaN: a string)
     state = final_state(run_dir)
-    assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["online"].values()
+    assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["method"].values()
                                       if v.is_floating_point())
     outcome("fault", f"NaN loss at step 3 (train.nonfinite={mode})", "stop naming step 3 and step_00000002.pt" if mode == "stop" else "step skipped and logged, weights finite")
 

@@ -46,8 +46,20 @@ def run_config(spec: StudySpec, run: RunSpec, seed: int, data: dict[str, Path]) 
     out = Path(spec.out_dir)
     paths = {"data.root": str(data["train_images"]), "data.prior_cache": str(out / "prior_cache"),
              "train.out_dir": str(out / "runs" / run.name), "train.name": f"seed{seed}", "train.seed": seed}
-    overrides = {**spec.budget, **run.overrides, **_probe_overrides(spec, run, data), **paths}
+    overrides = {**_budget_for(spec.budget, run), **run.overrides, **_probe_overrides(spec, run, data), **paths}
     return load_config(Config, run.config, dotted(overrides))
+
+
+def _budget_for(budget: dict, run: RunSpec) -> dict:
+    """The shared budget less the `method.*` keys the run's method does not have (each method declares its
+    own options: k-means iterations mean nothing to BYOL)."""
+    from discorep.engine.configio import load_yaml
+    from discorep.methods.registry import options_class
+
+    method = {**(load_yaml(run.config).get("method") or {}),
+              **{k[len("method."):]: v for k, v in run.overrides.items() if k.startswith("method.")}}
+    fields = options_class(method.get("name", "byol"), method.get("module")).__dataclass_fields__
+    return {k: v for k, v in budget.items() if not k.startswith("method.") or k[len("method."):] in fields}
 
 
 def evaluate_checkpoint(spec: StudySpec, checkpoint: str, data: dict[str, Path], seed: int,
