@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, TupleConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from discorep.engine.configio import Layer, _join, _short, suggest, where
+from discorep.engine.configyaml import Layer, _join, _short, suggest, where
 from discorep.errors import ConfigError
 
 _EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
