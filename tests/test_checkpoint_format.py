@@ -18,9 +18,10 @@ import torch
 from discorep.checkpoint import (CHECKPOINT_FORMAT, V1_FORMAT, checkpoint_path, latest_checkpoint, load_checkpoint,
                                  save_checkpoint, upgrade_checkpoint)
 from discorep.cli import main
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.train import pretrain
-from discorep.eval.backbone import dense_features, load_model
+from discorep.eval.backbone import load_model
+from discorep.models.dense import dense_features
 from discorep.eval.discover import run_discover
 from tests.helpers import final_state, losses_by_step, tiny_config
 
@@ -101,7 +102,7 @@ def test_eval_reads_the_same_network_from_a_v1_checkpoint(old_and_new, scenes, t
     online = {k[len("online.encoder."):]: v for k, v in state["method"].items() if k.startswith("online.encoder.")}
     assert all(torch.equal(v, online[k]) for k, v in a.encoder.state_dict().items())
     images = torch.rand(2, 3, 64, 64)
-    assert torch.equal(dense_features(a, images, "fpn"), dense_features(b, images, "fpn"))  # projections z
+    assert torch.equal(dense_features(a, images, "fpn", project="fpn"), dense_features(b, images, "fpn", project="fpn"))  # projections z
     results = []
     for ckpt in (old, new):
         out = tmp_path / f"{ckpt.stem}.json"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from discorep.checkpoint import checkpoint_path, load_checkpoint
-from discorep.data.demo import make_scenes
+from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.configio import ConfigError
 from discorep.engine.train import pretrain
 from tests.helpers import final_state, losses_by_step, part, tiny_config
