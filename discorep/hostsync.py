@@ -5,7 +5,7 @@ run, so the host stops queueing work and the device idles between steps. The tra
 reads nothing back on accelerators: validity checks of tensors that the library itself produced
 (label-id ranges, boxes, finite features) run where they are free, on CPU, and k-means reads
 "converged?" back only every few iterations. Everything goes through `reads_are_free` so a test can
-pretend to be on an accelerator and catch any read-back in the step (tests/test_host_syncs.py).
+pretend to be on an accelerator and catch any read-back in the step (tests/engine/test_host_syncs.py).
 """
 
 from __future__ import annotations

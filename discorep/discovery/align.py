@@ -11,7 +11,7 @@ boundaries are soft over one label pixel, and their argmax is the nearest-neighb
 
 Label maps are aligned without building that one-hot (`_align_labels`): each RoIAlign sample adds its
 four bilinear weights to the ids of its four corner pixels (a scatter-add), which is the same sum RoIAlign
-computes over the one-hot channels (equal to float rounding; tests/test_align.py checks it against
+computes over the one-hot channels (equal to float rounding; tests/discovery/test_align.py checks it against
 `roi_align` itself). Work and memory are then independent of the number of masks M: about
 B·(h + 2·gh)·(w + 2·gw) samples per view instead of the B·M·h·w float32 one-hot (64 images × 100 SLIC
 regions × 224² ≈ 1.2 GiB) that a literal RoIAlign call needs (the tests keep that call as their oracle,

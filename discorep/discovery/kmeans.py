@@ -253,7 +253,7 @@ def batched_kmeans_ks(x: Tensor, ks: Sequence[int], valid: Tensor | None = None,
     k-means++ is sequential, so those are themselves a greedy k-means++ seeding (with the trial count
     of the largest K), and the seeding is paid once instead of once per K (Odin A.4 / discover run
     K = 1, 2, 4, …, 128 on every image). Results differ from separate `batched_kmeans` calls only by
-    that seeding (tests/test_kmeans.py compares both with scikit-learn).
+    that seeding (tests/discovery/test_kmeans.py compares both with scikit-learn).
     """
     if isinstance(ks, int) or not ks:
         raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from discorep.data.images import BadImageError
 from discorep.data.prior_cache import PriorCacheWarning, RegionPriorCache
-from tests.test_priors import SLIC_SMALL, _blocks, _expected, _write_images
+from tests.data.test_priors import SLIC_SMALL, _blocks, _expected, _write_images
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from discorep.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VIEWS = ViewConfig(size=32, spanning_size=64, raw_size=32)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _extras(folder: Path) -> None:

@@ -25,7 +25,7 @@ from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
 from tests.distributed_tools import cpu_syncbn, dump, record_collectives
 from tests.helpers import free_port, tiny_config
-from tests.test_periodic_eval import _colour_folders
+from tests.engine.test_periodic_eval import _colour_folders
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~50 s per method on 2 cores
 

@@ -261,7 +261,7 @@ def test_study_runs_the_dense_tasks_and_shows_their_columns(tmp_path):
     from discorep.apps.study.runner import dense_tasks
     from discorep.apps.study.spec import load_study
 
-    spec = load_study(Path(__file__).resolve().parents[1] / "configs" / "study_cpu.yaml", quick=True)
+    spec = load_study(Path(__file__).resolve().parents[2] / "configs" / "study_cpu.yaml", quick=True)
     spec.eval.dense_size, spec.eval.linear_seg_epochs, spec.eval.overcluster_k = 64, 2, "classes,12"
     data = {"seg_train": make_scenes(tmp_path / "train", 4, seed=0, image_size=(64, 64)),
             "seg_val": make_scenes(tmp_path / "val", 3, seed=1, image_size=(64, 64))}

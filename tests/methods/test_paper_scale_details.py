@@ -14,7 +14,7 @@ from discorep.engine.train import Trainer
 from discorep.methods import build_method
 from discorep.methods.base import StepInfo
 from tests.helpers import fixed_batch, tiny_config
-from tests.test_host_syncs import record_readbacks
+from tests.engine.test_host_syncs import record_readbacks
 
 
 @pytest.fixture(scope="module")

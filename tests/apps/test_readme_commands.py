@@ -16,7 +16,7 @@ import pytest
 
 from discorep.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SKIPPED = ("data.root=/data/imagenet", "configs/r2o.yaml --resume auto", "discorep study ")
 TINY_TRAIN = ["train.max_steps=1", "train.batch_size=4", "data.num_workers=0", "train.progress=false",
               "data.root=data/demo/scenes_val/images", "views.size=64", "views.spanning_size=64", "views.raw_size=64",

@@ -20,7 +20,7 @@ from discorep.eval.backbone import EvalModel
 from discorep.eval.discover import output_names, run_discover
 
 ARGS = dict(checkpoint="random:resnet18", size=64, features="c4", overlay_k=None, device="cpu", seed=0,
-            refine="none", padding="zeros")  # the plain grid; tests/test_refine.py covers the defaults
+            refine="none", padding="zeros")  # the plain grid; tests/eval/test_refine.py covers the defaults
 KS = "1,2,4,8,16,64"  # c4 at size 64 is a 4x4 grid: K=64 is clamped to 16
 
 

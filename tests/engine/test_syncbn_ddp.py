@@ -9,7 +9,7 @@ Odin runs with discrete discovery updates here: its segments then come from the 
 is identical in both runs. With continuous updates the discovery network differs by float rounding
 (~1e-10 after a step: float64 statistics in the stand-in vs float32 in torch's kernel), and k-means on
 a random network's near-degenerate features turns such differences into other assignments; that is
-k-means' sensitivity, not the split, and GroupNorm runs cover the continuous path (tests/test_ddp.py).
+k-means' sensitivity, not the split, and GroupNorm runs cover the continuous path (tests/engine/test_ddp.py).
 """
 
 from __future__ import annotations

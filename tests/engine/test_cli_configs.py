@@ -12,8 +12,8 @@ from discorep.cli import main
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, load_config
 
-CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")
-                 if not p.name.startswith("study_"))  # study files are not pretraining configs (tests/test_study.py)
+CONFIGS = sorted(p for p in Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml")
+                 if not p.name.startswith("study_"))  # study files are not pretraining configs (tests/apps/test_study.py)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

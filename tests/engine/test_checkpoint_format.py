@@ -25,7 +25,7 @@ from discorep.models.dense import dense_features
 from discorep.eval.discover import run_discover
 from tests.helpers import final_state, losses_by_step, tiny_config
 
-RECORDED = json.loads((Path(__file__).parent / "fixtures" / "checkpoint_v1_layout.json").read_text())
+RECORDED = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v1_layout.json").read_text())
 CASES = {"odin_discrete": {}, "r2o": {"method": {"region_network": "discovery"}}}  # as recorded (the hybrid)
 V1_PARTS = ("online", "target", "predictor", "discovery")
 

@@ -9,7 +9,7 @@ import pytest
 import discorep.apps.study.runner as runner
 from discorep.apps.study.spec import load_study
 
-STUDY = Path(__file__).parents[1] / "configs" / "study_cpu.yaml"
+STUDY = Path(__file__).parents[2] / "configs" / "study_cpu.yaml"
 
 
 def test_report_only_touches_no_data_and_lists_what_is_missing(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from discorep.engine.configio import ConfigError
 from discorep.apps.study.report import cell, mean_std, orderings
 from discorep.apps.study.spec import dotted, load_study
 
-STUDY = Path(__file__).resolve().parents[1] / "configs" / "study_cpu.yaml"
+STUDY = Path(__file__).resolve().parents[2] / "configs" / "study_cpu.yaml"
 
 
 def test_full_and_quick_specs():

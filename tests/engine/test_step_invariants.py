@@ -20,7 +20,7 @@ from discorep.engine.train import Trainer, pretrain
 from discorep.losses.byol import object_byol_loss
 from discorep.losses.contrastive import contrastive_loss
 from tests.helpers import fixed_batch, tiny_config
-from tests.test_periodic_eval import _colour_folders
+from tests.engine.test_periodic_eval import _colour_folders
 
 
 @pytest.fixture(scope="module")

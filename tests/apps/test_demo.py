@@ -13,7 +13,7 @@ from discorep.data.datasets import ImageFolder
 from discorep.apps.demo import run_demo
 from discorep.engine.train import ResumeConfigError
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "r2o_contrastive_cpu_demo.yaml"  # make demo's
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "r2o_contrastive_cpu_demo.yaml"  # make demo's
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from discorep.methods import build_method
 from discorep.models.backbones import Encoder
 from tests.helpers import tiny_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from discorep.engine.config import Config
 from discorep.engine.configio import load_config, to_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def preset_rows() -> list[tuple[str, str, str, str]]:
