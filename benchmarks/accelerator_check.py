@@ -87,7 +87,7 @@ def step_losses(cfg, batch: dict, device: torch.device) -> dict[str, float]:
             loss, _ = method(batch, info)
         if name == "fp16":  # the engine's fp16 path: scaled backward, unscale, step, update
             scaler = torch.amp.GradScaler(device.type)
-            opt = builders.build_optimizer_for(cfg, method.online_modules())
+            opt = builders.build_optimizer_for(cfg, method.trained_modules())
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             scale_before = scaler.get_scale()
@@ -107,7 +107,7 @@ def time_method(cfg, batches: list[dict], device: torch.device, warmup: int) -> 
     method = build_method(cfg).to(device).train()
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    opt = builders.build_optimizer_for(cfg, method.online_modules())
+    opt = builders.build_optimizer_for(cfg, method.trained_modules())
     times = []
     for i, batch in enumerate(batches):
         info = StepInfo(step=i, epoch=0.0, total_epochs=cfg.train.epochs, seed=0)

@@ -264,7 +264,7 @@ def one_step(args) -> dict:
     torch.manual_seed(0)
     method = build_method(cfg)
     method.train()
-    opt = builders.build_optimizer_for(cfg, method.online_modules())
+    opt = builders.build_optimizer_for(cfg, method.trained_modules())
     params_mb = sum(p.numel() * p.element_size() for p in method.parameters()) / MB
     before = _vm("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (the peak RSS) to the current RSS

@@ -168,7 +168,7 @@ def time_steps(cfg: Config, batches: list[dict], device: torch.device, warmup: i
         method = method.to(memory_format=torch.channels_last)
     builders.compile_encoders(method, cfg.model.compile, device)  # compiles during the warmup steps
     method.train()
-    opt = builders.build_optimizer_for(cfg, method.online_modules())
+    opt = builders.build_optimizer_for(cfg, method.trained_modules())
     dtype = {"bf16": torch.bfloat16, "fp32": None}[cfg.train.precision]
     if getattr(method, "cache", None) is not None:
         # Steady state between two discrete copies: every image already has cached segments. (The
