@@ -27,6 +27,7 @@ from discorep.eval.backbone import EvalModel, normalize_images
 from discorep.eval.dense_metrics import confusion
 from discorep.eval.items import PreparedSet
 from discorep.models.dense import dense_features
+from discorep.models.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: 
     out = Encoded(num_classes=data.num_classes)
     loader = DataLoader(PreparedSet(data, size), batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(data)))
-    was_training = model.encoder.training
-    model.encoder.eval()
-    try:
+    with eval_mode(model.encoder):  # the one eval-mode switch (models.modes): BN statistics stay as they are
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
             for b in batch:
                 if "skip" in b:
@@ -71,8 +70,6 @@ def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: 
                 out.feats += [f.half().cpu() for f in feats]
                 out.labels += [b["truth"] for b in good]
                 out.paths += [b["path"] for b in good]
-    finally:
-        model.encoder.train(was_training)
     if not out.feats:
         raise DatasetError(f"none of the {len(data)} images could be read (first: {out.skipped[0]['path']}: "
                            f"{out.skipped[0]['reason']})")
