@@ -52,10 +52,11 @@ def _open_temp(target: Path, temp_name: str | None, prefix: str | None, suffix: 
 
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, *, temp_name: str | None = None, prefix: str | None = None,
-                suffix: str = ".tmp", sync_dir: bool = True) -> Iterator[BinaryIO]:
+                suffix: str = ".tmp", sync_dir: bool = True, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file to write `target`'s new content into; it replaces `target` only when the
     block ends without an error (flush, fsync, rename, then fsync of the folder unless ``sync_dir`` is
-    False). The temp file is ``.<target name>.<random>.tmp`` unless ``temp_name`` or ``prefix``/``suffix``
+    False). ``durable=False`` skips both fsyncs: still never a torn file, but a power cut may lose the
+    newest ones (what `discover` wants for thousands of small per-image outputs it can recompute). The temp file is ``.<target name>.<random>.tmp`` unless ``temp_name`` or ``prefix``/``suffix``
     say otherwise; it is removed on any error, and the error propagates."""
     target = Path(target)
     fd, tmp = _open_temp(target, temp_name, prefix, suffix)
@@ -63,13 +64,14 @@ def atomic_file(target: str | os.PathLike, *, temp_name: str | None = None, pref
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(target.parent)
 
 

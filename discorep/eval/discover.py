@@ -53,6 +53,7 @@ from tqdm import tqdm
 from discorep.checkpoint import CheckpointError
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
 from discorep.errors import Interrupted, UsageError
+from discorep.fileio import atomic_write
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
 from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine
@@ -151,14 +152,9 @@ def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor, k: int) -> Ima
 
 
 def _replace_atomically(target: Path, write) -> None:
-    """`write(tmp)` then rename onto `target`: a reader (or a rerun) never sees a half-written file."""
-    tmp = target.parent / f".{target.name}.tmp"
-    try:
-        write(tmp)
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """`write(file)` then rename onto `target` (`fileio.atomic_write`, without fsyncs: per-image outputs are
+    many, small and recomputable): a reader (or a rerun) never sees a half-written file."""
+    atomic_write(target, write, temp_name=f".{target.name}.tmp", durable=False)
 
 
 def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torch.Tensor],
@@ -173,13 +169,9 @@ def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torc
     info.add_text("overlay_k", str(overlay_k))
     picture = _overlay_picture(img, grids[overlay_k], overlay_k)
     # PNG at zlib level 1: label overlays compress nearly as well, and saving took ~40 % less time.
-    _replace_atomically(target.parent / f"{target.name}.png", lambda t: picture.save(t, format="PNG", pnginfo=info, compress_level=1))
+    _replace_atomically(target.parent / f"{target.name}.png", lambda f: picture.save(f, format="PNG", pnginfo=info, compress_level=1))
 
-    def _savez(t: Path) -> None:
-        with open(t, "wb") as f:
-            _savez_fast(f, arrays)
-
-    _replace_atomically(target.parent / f"{target.name}.npz", _savez)  # last: its presence means "done"
+    _replace_atomically(target.parent / f"{target.name}.npz", lambda f: _savez_fast(f, arrays))  # last: its presence means "done"
 
 
 def _savez_fast(f, arrays: dict[str, np.ndarray]) -> None:
@@ -323,4 +315,4 @@ def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: st
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _replace_atomically(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))
+    _replace_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
