@@ -44,7 +44,7 @@ def timm_name(arch: str) -> str:
 def _suggestions(arch: str) -> list[str]:
     import timm
 
-    names = [*ALIASES, *timm.list_models()]
+    names = list(dict.fromkeys([*ALIASES, *timm.list_models()]))  # resnet50 is an alias and a timm name
     return difflib.get_close_matches(arch.split(".")[0], names, n=4, cutoff=0.6)
 
 

@@ -63,6 +63,10 @@ def test_unknown_names_are_one_error_with_suggestions():
         feature_strides("convnxt_tiny")
     with pytest.raises(ValueError, match="model name"):
         check_arch("")
+    with pytest.raises(ValueError, match="did you mean") as err:  # an alias that is also a timm name: once
+        check_arch("resnett50")
+    suggested = str(err.value).split("did you mean ")[1].rstrip("?").split(", ")
+    assert "resnet50" in suggested and len(suggested) == len(set(suggested))
     with pytest.raises(CheckpointError, match="random:convnxt_tiny: unknown architecture"):
         load_model("random:convnxt_tiny")
 
