@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from discorep.data.pool import quiet_worker
 from discorep.data.priors import PriorError, compute_prior, prior_files, resolve_params
 from discorep.errors import Interrupted
 from discorep.fileio import atomic_write
@@ -219,7 +220,7 @@ class RegionPriorCache:
         size = max(1, min(32, math.ceil(len(items) / (workers * 4))))
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         spec = (str(self.cache_root), self.prior, self.params, self.loader)
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=quiet_worker)
         try:
             for fut in as_completed([pool.submit(_build_chunk, spec, c) for c in chunks]):
                 yield fut.result()

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
+from discorep.data.pool import quiet_worker
 from discorep.data.priors import PRIOR_NAMES, PriorError, compute_prior, resolve_params
 from discorep.data.shards import (
     FORMAT,
@@ -313,7 +314,7 @@ def _mapper(workers: int | None, shard_size: int) -> Iterator[Callable[[Callable
         yield map
         return
     chunksize = max(1, min(32, shard_size // (workers * 4)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=quiet_worker) as pool:
         yield lambda fn, items: pool.map(fn, items, chunksize=chunksize)
 
 
