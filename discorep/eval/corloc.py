@@ -55,7 +55,7 @@ def foreground_box(labels: np.ndarray) -> tuple[int, int, int, int]:
 def evaluate_corloc(model: EvalModel, data, size: int, features: str, *, batch_size: int = 8, seed: int = 0,
                     refine: Refine | None = None, padding: str = "zeros", progress: bool = True) -> dict:
     per_image, skipped = [], []
-    for start in tqdm(range(0, len(data), batch_size), desc="corloc", unit="batch", disable=not progress):
+    for start in tqdm(range(0, len(data), batch_size), desc="corloc", unit="batch", disable=None if progress else True):
         items = []
         for i in range(start, min(start + batch_size, len(data))):
             try:

@@ -58,7 +58,7 @@ def encode_set(model: EvalModel, data, size: int, features: str, *, batch_size: 
     loader = DataLoader(PreparedSet(data, size), batch_size=batch_size, collate_fn=list,
                         num_workers=min(num_workers, len(data)))
     with eval_mode(model.encoder):  # the one eval-mode switch (models.modes): BN statistics stay as they are
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True):
             for b in batch:
                 if "skip" in b:
                     log.warning("skipping %s: %s", b["path"], b["reason"])
