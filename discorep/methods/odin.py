@@ -11,8 +11,9 @@ and the discovery network is not evaluated in between; they are then computed on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from discorep.discovery.cache import SegmentCache
@@ -32,6 +33,9 @@ class OdinOptions(DiscoveryNetOptions, MethodOptions):
     kmeans_iters: int = 30
     discovery_features: FeatureMap = "fpn"
     discovery_use_projection: bool = True  # cluster z = g_τ(h) (Odin A.3) instead of h
+    # the per-vector projector under bf16 autocast in fp32 runs (its cost: docs/performance.md); bf16 runs
+    # (train.precision) already cast it
+    discovery_projector_dtype: Literal["fp32", "bf16"] = "fp32"
 
     def validate(self) -> None:
         MethodOptions.validate(self)
@@ -60,7 +64,8 @@ class Odin(PretrainMethod):
 
     def segment(self, images: Tensor, seed: int | Tensor) -> Tensor:
         m = self.cfg.method
-        z = dense_features(self.discovery.net, images, m.discovery_features, m.discovery_use_projection)
+        cast = torch.bfloat16 if m.discovery_projector_dtype == "bf16" else None
+        z = dense_features(self.discovery.net, images, m.discovery_features, m.discovery_use_projection, cast)
         return feature_kmeans_labels(z, m.K, seed=seed, iters=m.kmeans_iters)
 
     def segments(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:

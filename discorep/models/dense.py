@@ -7,6 +7,7 @@ image's features then depend only on the image and the weights, not on the rest 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import torch
@@ -32,13 +33,16 @@ def _takes_width(projector: nn.Module, width: int) -> bool:
 
 @torch.no_grad()
 @record_function("discorep/discovery_forward")
-def dense_features(net: Any, x: Tensor, feature: str, project: bool | Literal["fpn"] = False) -> Tensor:
+def dense_features(net: Any, x: Tensor, feature: str, project: bool | Literal["fpn"] = False,
+                   project_dtype: torch.dtype | None = None) -> Tensor:
     """(B, D, h, w) float features `feature` ("c4", "c5", "fpn") of `net` (anything with an ``encoder``
     and a ``projector``: a method's branch, an evaluation model) for normalised images `x`.
 
     project: True applies the projector g to every vector (Odin §3.1: discovery clusters z = g(h));
     "fpn" only to FPN features, and only when the net has a projector of their width (Odin A.4: "with
     FPN, we use the projections z": what evaluation does); False returns the hidden vectors h.
+    project_dtype: run the projector under autocast to this dtype (e.g. bfloat16: Odin's per-vector
+    projector is its largest discovery cost); None keeps the surrounding precision.
     """
     encoder, projector = net.encoder, getattr(net, "projector", None)
     modules = [m for m in (encoder, projector) if isinstance(m, nn.Module)]
@@ -52,5 +56,8 @@ def dense_features(net: Any, x: Tensor, feature: str, project: bool | Literal["f
         if project == "fpn":
             project = feature == "fpn" and projector is not None and _takes_width(projector, h.shape[1])
         if project:
-            h = project_vectors(projector, h)
+            # enabled=False would switch off a surrounding bf16 autocast (train.precision): no context then
+            cast = torch.autocast(h.device.type, dtype=project_dtype) if project_dtype else contextlib.nullcontext()
+            with cast:
+                h = project_vectors(projector, h)
     return h.float()
