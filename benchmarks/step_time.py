@@ -49,6 +49,14 @@ METHODS = {
     "detcon": {"method": {"name": "detcon", "loss": "contrastive", "features": "c5"},
                "data": SLIC_100},
     "odin": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "K": 16}, "model": {"fpn": True}},
+    # Odin's discovery-cost options (issue 16; docs/performance.md): cluster h instead of z, the per-vector
+    # projector in bf16, the spanning view at 1x the view size instead of Odin's 2x (SPANNING_FACTOR).
+    "odin_h": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "K": 16,
+                          "discovery_use_projection": False}, "model": {"fpn": True}},
+    "odin_bf16": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "K": 16,
+                             "discovery_projector_dtype": "bf16"}, "model": {"fpn": True}},
+    "odin_span1x": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "K": 16},
+                    "model": {"fpn": True}},
     "odin_cached": {"method": {"name": "odin", "loss": "contrastive", "features": "fpn", "K": 16,
                                "discovery_update": "discrete", "discrete_every_epochs": 100},
                     "model": {"fpn": True}},
@@ -57,12 +65,14 @@ METHODS = {
     "hybrid": {"method": {"name": "r2o", "loss": "byol", "features": "c5", "K0": 128, "t_alpha": 40,
                           "region_network": "discovery"}, "data": SLIC_100},
 }
+ODIN_OPTIONS = ("odin_h", "odin_bf16", "odin_span1x")  # asked for by name, not in the default list
+SPANNING_FACTOR = {"odin_span1x": 1}  # spanning view side / view side; 2 (Odin A.1) for every other method
 
 
 def make_config(name: str, args, data_root: Path, cache: Path) -> Config:
     base = {"data": {"root": str(data_root), "num_workers": args.workers, "prior_cache": str(cache),
                      "prior_size": args.size},
-            "views": {"size": args.size, "spanning_size": 2 * args.size, "raw_size": args.size},
+            "views": {"size": args.size, "spanning_size": SPANNING_FACTOR.get(name, 2) * args.size, "raw_size": args.size},
             "model": {"arch": args.arch, "channels_last": args.device == "cuda", "compile": args.compile},
             "train": {"batch_size": args.batch, "device": args.device, "precision": args.precision,
                       "progress": False, "epochs": 300}}
@@ -257,7 +267,7 @@ def resolve_run(args: argparse.Namespace, method_items: list[str]) -> tuple[list
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, steps=10, warmup=2, workers=2, workers_help="DataLoader workers for the data-time measurement")
-    p.add_argument("--methods", nargs="+", default=[",".join(METHODS)],
+    p.add_argument("--methods", nargs="+", default=[",".join(m for m in METHODS if m not in ODIN_OPTIONS)],
                    help=f"comma- or space-separated, from {', '.join(METHODS)} (byol is always added)")
     p.add_argument("--hotspots", type=int, default=0, metavar="N",
                    help="also print the N ops with the most self CPU time per method, with file:line")
