@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from PIL import Image
 from discorep.data.priors import slic_prior
 from discorep.errors import UsageError
 from discorep.eval.backbone import EvalModel, load_model
-from discorep.eval.refine import Refine, region_features, region_vote
+from discorep.eval import refine as refine_mod
+from discorep.eval.refine import Refine, batch_superpixels, region_features, region_vote, superpixels
 from discorep.eval.segment import conv_padding, segment_batch
 
 
@@ -100,6 +102,31 @@ def test_refined_labels_are_constant_on_each_superpixel_and_clamped():
         lab = labels[0].numpy()
         assert all(len(np.unique(lab[regions == r])) == 1 for r in range(counts[0]))
         assert len(np.unique(lab)) <= min(k, counts[0])
+
+
+@pytest.mark.parametrize("method", ["slic", "felzenszwalb"])
+def test_batch_superpixels_on_threads_equal_the_sequential_ones(method, monkeypatch):
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 255, (6, 8, 8, 3)).repeat(8, 1).repeat(8, 2)  # 6 images of 64x64, flat blocks
+    images = np.clip(blocks + rng.integers(-20, 21, blocks.shape), 0, 255).astype(np.uint8)  # plus noise
+    refine = Refine(method, superpixels=32)
+    sequential = [superpixels(im, refine) for im in images]
+    names: set[str] = set()
+
+    def recorded(image, how):
+        names.add(threading.current_thread().name)
+        return superpixels(image, how)
+
+    monkeypatch.setattr(refine_mod, "superpixels", recorded)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        parallel = batch_superpixels(images, refine)
+    finally:
+        torch.set_num_threads(threads)
+    assert any(name.startswith("superpixels") for name in names)  # the pool ran them
+    assert len(parallel) == len(sequential)
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(parallel, sequential))
 
 
 def test_region_features_equal_brute_force_mean_of_upsampled_features():
