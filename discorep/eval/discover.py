@@ -28,6 +28,8 @@ Output layout (under `out/`), mirroring the input folder so that names are uniqu
 Every file is written under a temporary name and renamed, the npz last: an interrupted or failed run
 (Ctrl-C, a full disk) leaves only complete outputs, and the same command run again skips the images
 whose npz exists when `discover.json` records the same settings, so it continues where it stopped.
+The outputs are written on one background thread while the next batches are computed (in order, at
+most `WRITE_AHEAD_BATCHES` behind; the first failed write stops the run, as it did inline).
 
 Seeds are per image, derived from `seed` and a hash of the image's relative path, so an image's
 segmentation depends neither on the batch size nor on which other images are in the folder.
@@ -54,6 +56,7 @@ from discorep.checkpoint import CheckpointError
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
 from discorep.errors import Interrupted, UsageError
 from discorep.fileio import atomic_write
+from discorep.eval.background import BackgroundWriter
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
 from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine
@@ -63,6 +66,7 @@ from discorep.viz import overlay
 log = logging.getLogger(__name__)
 
 OVERLAY_MAX_SIDE = 1024  # long side of the PNG overlay for larger images (npz stays full size)
+WRITE_AHEAD_BATCHES = 2  # batches of writes that may be pending behind the compute (bounds their memory)
 
 
 @dataclass
@@ -230,24 +234,41 @@ def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, 
     """Segment and write every job, counting into `counts` (and each image's superpixel count into
     `regions` when refining); returns the feature grid (None if nothing ran)."""
     grid = None
-    with tqdm(total=len(jobs), desc="discover", unit="img", disable=None) as bar:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            kept, pics, tensors = _load_batch(chunk, settings["size"], skipped)
-            if kept:
-                ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
-                labels = segment_batch(model, torch.stack(tensors), cluster_ks, settings["features"],
-                                       seed=settings["seed"], image_ids=ids, refine=refiner,
-                                       padding=settings["padding"], regions_out=regions)
-                if grid is None and not refiner.active:
-                    grid = tuple(labels[cluster_ks[0]].shape[1:])
+    # Writes run on one background thread while the next batches are decoded, encoded and clustered,
+    # at most WRITE_AHEAD_BATCHES behind (eval/background.py: same order, first error stops, exact count).
+    writer = BackgroundWriter(max_pending=WRITE_AHEAD_BATCHES * batch_size)
+    try:
+        with tqdm(total=len(jobs), desc="discover", unit="img", disable=None) as bar:
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start:start + batch_size]
+                chunk_grid = _segment_chunk(model, chunk, out, settings, cluster_ks, skipped, refiner, regions,
+                                            writer)
+                if grid is None and chunk_grid is not None:
+                    grid = chunk_grid
                     _log_clamping(settings["ks"], grid)
-                for b, (job, img) in enumerate(zip(kept, pics)):
-                    _write_outputs(out, job, img, {k: v[b] for k, v in labels.items()}, settings["ks"],
-                                   settings["overlay_k"])
-                    counts["written"] += 1
-            bar.update(len(chunk))
+                bar.update(len(chunk))
+            writer.drain()
+    finally:
+        writer.close()  # after an error: skip the queued writes, wait for the running one
+        counts["written"] += writer.written
     return grid
+
+
+def _segment_chunk(model: EvalModel, chunk: list[_Job], out: Path, settings: dict, cluster_ks: list[int],
+                   skipped: list[tuple[_Job, str]], refiner: Refine, regions: list[int],
+                   writer: BackgroundWriter) -> tuple[int, int] | None:
+    """Decode and segment one batch and queue its writes; returns its feature grid (None when no image
+    was readable or when refining, whose labels are per pixel)."""
+    kept, pics, tensors = _load_batch(chunk, settings["size"], skipped)
+    if not kept:
+        return None
+    ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
+    labels = segment_batch(model, torch.stack(tensors), cluster_ks, settings["features"], seed=settings["seed"],
+                           image_ids=ids, refine=refiner, padding=settings["padding"], regions_out=regions)
+    for b, (job, img) in enumerate(zip(kept, pics)):
+        writer.submit(_write_outputs, out, job, img, {k: v[b] for k, v in labels.items()}, settings["ks"],
+                      settings["overlay_k"])
+    return None if refiner.active else tuple(labels[cluster_ks[0]].shape[1:])
 
 
 def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: str = "1,2,4,8,16,32,64,128",

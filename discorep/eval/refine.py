@@ -4,8 +4,8 @@ Clustering the 14x14 feature grid of a 448-px image and upsampling the labels gi
 32-px blocks. Here the image is first cut into superpixels (the project's region priors,
 `data.priors`), the dense features are upsampled bilinearly and pooled inside each superpixel
 (`discovery.align.align_masks` + `discovery.pooling.mask_pool`, as R2O pools its SLIC regions), the
-regions are clustered per image for each K (`discovery.kmeans.batched_kmeans`) and every pixel takes
-its region's cluster, so segment boundaries are superpixel boundaries, i.e. image edges.
+regions are clustered per image for every K from one seeding (`discovery.kmeans.batched_kmeans_ks`) and
+every pixel takes its region's cluster, so segment boundaries are superpixel boundaries, i.e. image edges.
 
 Superpixels are computed on the evaluation-size image the network sees (`size` x `size`); the painted
 map has that size and callers upsample it (nearest) to the original image, as they do the grid labels.
@@ -16,6 +16,7 @@ aligned to it) so that memory stays M x POOL_SIDE² per image whatever the image
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from discorep.data.priors import felzenszwalb_prior, slic_prior
 from discorep.discovery.align import align_masks
-from discorep.discovery.kmeans import batched_kmeans
+from discorep.discovery.kmeans import batched_kmeans_ks
 from discorep.discovery.pooling import mask_pool
 from discorep.errors import UsageError
 
@@ -80,6 +81,20 @@ def superpixels(image: np.ndarray, refine: Refine) -> np.ndarray:
     return felzenszwalb_prior(image, scale=FH_SCALE, min_size=min_size)
 
 
+def batch_superpixels(images: np.ndarray, refine: Refine) -> list[np.ndarray]:
+    """`superpixels` of every image of a uint8 (B, S, S, 3) batch, on up to torch.get_num_threads() threads.
+
+    Threads pay off because skimage runs SLIC's and Felzenszwalb's loops without the GIL (`with nogil`
+    in skimage 0.26's `_slic.pyx` and `_felzenszwalb_cy.pyx`; its numpy pre- and post-processing
+    releases it too). Each image's map is computed exactly as alone, so results equal the sequential ones.
+    """
+    workers = min(len(images), torch.get_num_threads())
+    if workers <= 1:
+        return [superpixels(im, refine) for im in images]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="superpixels") as pool:
+        return list(pool.map(superpixels, images, [refine] * len(images)))
+
+
 def _fill_unpooled(painted: np.ndarray) -> np.ndarray:
     """Pixels of regions that received no pooling weight (-1) take the nearest labelled pixel's id."""
     missing = painted < 0
@@ -100,6 +115,33 @@ def region_features(feats: Tensor, regions: Tensor, num_regions: int) -> tuple[T
     return mask_pool(up, aligned.soft), aligned.present
 
 
+def region_k_cap(refine: Refine) -> int:
+    """The largest K clustered over an image's regions: a bound on its region count that depends on the
+    settings only, never on the batch. SLIC merges segments under half its nominal size (so at most
+    ~2·superpixels regions) and Felzenszwalb's min_size is S²/(4·superpixels) (~4·superpixels)."""
+    return 4 * refine.superpixels
+
+
+def cluster_regions(pooled: Tensor, present: Tensor, ks: Sequence[int], seeds: Tensor, *, cap: int,
+                    iters: int = 50) -> dict[int, Tensor]:
+    """Per-image k-means of pooled regions (B, M, D) for every K: {K: (B, ≥M) labels, -1 at absent regions}.
+
+    All K start from one k-means++ seeding (`batched_kmeans_ks`: paid once, not once per K). K is clamped
+    to `cap`, not to the batch's largest region count, and the regions are padded (absent) to at least
+    that many, so the seeding (of max(ks) centres) does not depend on the other images of the batch
+    (unless one has over 16·max K regions, where seeding subsamples: `discovery.seeding`). An image with
+    fewer regions than K gets at most one segment per region.
+    """
+    clamped = {k: min(k, cap) for k in ks}
+    rows = max(clamped.values())
+    if rows > pooled.shape[1]:  # pad rows never take part (present False); labels there are -1
+        extra = rows - pooled.shape[1]
+        pooled = torch.cat([pooled, pooled.new_zeros(pooled.shape[0], extra, pooled.shape[2])], 1)
+        present = torch.cat([present, present.new_zeros(present.shape[0], extra)], 1)
+    results = batched_kmeans_ks(pooled, list(clamped.values()), valid=present, seed=seeds, iters=iters)
+    return {k: results[c].labels for k, c in clamped.items()}
+
+
 @torch.no_grad()
 def refine_labels(feats: Tensor, images: Tensor, ks: Sequence[int], refine: Refine, seeds: Tensor, *,
                   iters: int = 50) -> tuple[dict[int, Tensor], list[int]]:
@@ -109,13 +151,13 @@ def refine_labels(feats: Tensor, images: Tensor, ks: Sequence[int], refine: Refi
     seeds (B,) per-image k-means seeds. Returns ({K: (B, S, S) int64 labels}, regions per image).
     K larger than an image's number of regions yields at most one segment per region.
     """
-    maps = [superpixels(im, refine) for im in to_uint8(images)]
+    maps = batch_superpixels(to_uint8(images), refine)
     counts = [int(m.max()) + 1 for m in maps]
     regions = torch.from_numpy(np.stack(maps)).long().to(feats.device)
     pooled, present = region_features(feats.float(), regions, max(counts))
+    clustered = cluster_regions(pooled, present, ks, seeds, cap=region_k_cap(refine), iters=iters)
     out = {}
-    for k in ks:
-        labels = batched_kmeans(pooled, min(k, max(counts)), valid=present, seed=seeds, iters=iters).labels
+    for k, labels in clustered.items():
         painted = labels.gather(1, regions.flatten(1)).view_as(regions).cpu().numpy()
         out[k] = torch.from_numpy(np.stack([_fill_unpooled(p) for p in painted])).long()
     return out, counts
