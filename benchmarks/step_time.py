@@ -79,6 +79,12 @@ def make_config(name: str, args, data_root: Path, cache: Path) -> Config:
     return from_dict(Config, deep_merge(base, METHODS[name]))
 
 
+def batch_kind(cfg: Config) -> tuple[bool, int]:
+    """Methods whose batches are identical share them (same sampler seed: same images and views); batches
+    differ by the region prior and by the spanning view's size (odin_span1x)."""
+    return cfg.data.prior != "none", cfg.views.spanning_size
+
+
 def time_data(cfg: Config, dist: DistInfo, batches: int):
     """`batches` batches from the training DataLoader and the mean time per batch after the first.
 
@@ -284,13 +290,13 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         make_scenes(tmp / "scenes", args.batch * (n_batches + 1), seed=0,
                     image_size=(args.image_size, args.image_size))
-        batches_by_prior: dict[bool, tuple] = {}
+        batches_by_kind: dict[tuple[bool, int], tuple] = {}
         for name in names:
             cfg = make_config(name, args, tmp / "scenes" / "images", tmp / "cache")
-            with_prior = cfg.data.prior != "none"
-            if with_prior not in batches_by_prior:  # same sampler seed: same images and views for every method
-                batches_by_prior[with_prior] = time_data(cfg, dist, n_batches)
-            batches, data_s = batches_by_prior[with_prior]
+            kind = batch_kind(cfg)
+            if kind not in batches_by_kind:
+                batches_by_kind[kind] = time_data(cfg, dist, n_batches)
+            batches, data_s = batches_by_kind[kind]
             r = time_steps(cfg, batches[:n_batches], device, args.warmup, args.hotspots)
             results[name] = {"data_ms_per_batch": data_s * 1000, **r}
     base = results["byol"]["ms_per_step"]

@@ -9,8 +9,9 @@ every pixel takes its region's cluster, so segment boundaries are superpixel bou
 
 Superpixels are computed on the evaluation-size image the network sees (`size` x `size`); the painted
 map has that size and callers upsample it (nearest) to the original image, as they do the grid labels.
-Pooling happens on a `POOL_SIDE` grid (features bilinearly upsampled to it, superpixel area fractions
-aligned to it) so that memory stays M x POOL_SIDE² per image whatever the image size.
+Pooling is defined on a `POOL_SIDE` grid (features bilinearly upsampled to it, superpixel area fractions
+aligned to it) so that memory stays M x POOL_SIDE² per image whatever the image size; it is computed on
+the feature grid with the area fractions carried down by the upsampling's transpose (`region_features`).
 """
 
 from __future__ import annotations
@@ -104,15 +105,31 @@ def _fill_unpooled(painted: np.ndarray) -> np.ndarray:
     return painted[idx[0], idx[1]]
 
 
+def interpolation_matrix(n_out: int, n_in: int, device: torch.device | None = None) -> Tensor:
+    """(n_out, n_in) matrix U of 1-D linear resizing as `F.interpolate(..., align_corners=False)` does it;
+    bilinear resizing of an (h, w) map X is separable: Uy @ X @ Ux.T."""
+    eye = torch.eye(n_in, device=device)[None]  # channel i holds the i-th unit vector: column i of U
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+
+
 def region_features(feats: Tensor, regions: Tensor, num_regions: int) -> tuple[Tensor, Tensor]:
-    """Mean upsampled feature inside each region: (B, D, h, w), (B, S, S) ids → (B, M, D), present (B, M)."""
+    """Mean upsampled feature inside each region: (B, D, h, w), (B, S, S) ids → (B, M, D), present (B, M).
+
+    The features are upsampled bilinearly (U) to the pool grid and averaged under each region's area
+    fractions m there. U is linear and its rows sum to 1, so Σ m·(UF) / Σ m = Σ (Uᵀm)·F / Σ Uᵀm: the
+    masks are carried down to the feature grid instead (pool_side²/hw times fewer multiply-adds: 84x
+    for a 7x7 C5 grid, and no (B, D, pool_side²) copy of the features), same means up to rounding.
+    """
     B, H, W = regions.shape
-    side = (min(H, max(POOL_SIDE, feats.shape[-2])), min(W, max(POOL_SIDE, feats.shape[-1])))
-    up = F.interpolate(feats, size=side, mode="bilinear", align_corners=False)
+    h, w = feats.shape[-2:]
+    side = (min(H, max(POOL_SIDE, h)), min(W, max(POOL_SIDE, w)))
     frame = torch.tensor([0.0, 0.0, W, H], device=feats.device).expand(B, 4)
     aligned = align_masks(regions, frame, frame, torch.zeros(B, dtype=torch.bool), side, num_regions,
                           min_cells=1e-6)
-    return mask_pool(up, aligned.soft), aligned.present
+    u_y = interpolation_matrix(side[0], h, feats.device)
+    u_x = interpolation_matrix(side[1], w, feats.device)
+    weights = torch.einsum("yi,bmyx,xj->bmij", u_y, aligned.soft.float(), u_x)
+    return mask_pool(feats, weights), aligned.present
 
 
 def region_k_cap(refine: Refine) -> int:

@@ -31,6 +31,19 @@ def test_step_time_reports_finite_times_and_consistent_ratios(tmp_path):
     assert returned["r2o"]["ms_per_step"] == results["r2o"]["ms_per_step"]
 
 
+def test_step_time_gives_odin_span1x_its_own_one_x_spanning_batches(tmp_path):
+    """odin_span1x once reused the 2x spanning batches loaded for byol/odin and timed Odin unchanged."""
+    from argparse import Namespace
+
+    from benchmarks.step_time import batch_kind, make_config
+
+    args = Namespace(size=64, workers=0, arch="resnet18", device="cpu", compile="none", batch=2,
+                     precision="fp32")
+    cfgs = {m: make_config(m, args, tmp_path, tmp_path / "cache") for m in ("byol", "odin", "odin_span1x")}
+    assert cfgs["odin_span1x"].views.spanning_size == 64 and cfgs["odin"].views.spanning_size == 128
+    assert batch_kind(cfgs["odin_span1x"]) != batch_kind(cfgs["odin"]) == batch_kind(cfgs["byol"])
+
+
 def _positive_finite(*values) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 

@@ -276,3 +276,36 @@ def test_discover_records_and_logs_k_above_the_superpixel_count(tmp_path, caplog
     assert lo == hi and 1 < lo < 500 and summary["clamped_ks"] == [500]
     assert sum("superpixel regions" in r.getMessage() for r in caplog.records) == 1
     assert len(np.unique(np.load(tmp_path / "out" / "d.npz")["labels_k500"])) <= lo
+
+
+def test_interpolation_matrix_reproduces_bilinear_resizing():
+    """Uy @ X @ Ux.T equals F.interpolate(bilinear, align_corners=False), up and down, non-square."""
+    from discorep.eval.refine import interpolation_matrix
+
+    x = torch.randn(5, 7, dtype=torch.float64)
+    for size in [(64, 48), (5, 7), (3, 4)]:
+        u_y, u_x = (interpolation_matrix(n, m).double() for n, m in zip(size, x.shape))
+        expected = F.interpolate(x[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        assert torch.allclose(u_y @ x @ u_x.T, expected, atol=1e-6)
+
+
+def test_region_features_equal_pooling_the_upsampled_features_on_the_pool_grid():
+    """Pooling on the feature grid with carried-down masks gives the means of the features upsampled to
+    the pool grid (the definition), for a 7x7 C5-like grid under a 192-px image (pool grid 64x64)."""
+    from discorep.discovery.align import align_masks
+    from discorep.discovery.pooling import mask_pool
+    from discorep.eval.refine import POOL_SIDE
+
+    torch.manual_seed(0)
+    feats = torch.randn(2, 16, 7, 6)
+    rng = np.random.default_rng(2)
+    images = (rng.random((2, 24, 24, 3)) * 255).astype(np.uint8).repeat(8, 1).repeat(8, 2)
+    regions = torch.from_numpy(np.stack([slic_prior(im, n_segments=40, resize=None) for im in images])).long()
+    m = int(regions.max()) + 1
+    pooled, present = region_features(feats, regions, m)
+    frame = torch.tensor([0.0, 0.0, 192, 192]).expand(2, 4)
+    aligned = align_masks(regions, frame, frame, torch.zeros(2, dtype=torch.bool), (POOL_SIDE, POOL_SIDE), m,
+                          min_cells=1e-6)
+    up = F.interpolate(feats, size=(POOL_SIDE, POOL_SIDE), mode="bilinear", align_corners=False)
+    assert torch.equal(present, aligned.present)
+    assert torch.allclose(pooled, mask_pool(up, aligned.soft), atol=1e-5)
