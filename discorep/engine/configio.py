@@ -29,8 +29,8 @@ import yaml
 from discorep.engine.configyaml import Layer, _join, _parse_yaml, _short, suggest, where  # noqa: F401
 from discorep.errors import ConfigError
 
-__all__ = ["ConfigError", "MISSING", "apply_overrides", "deep_merge", "diff_configs", "from_dict", "load_config",
-           "load_yaml", "save_config", "to_dict"]
+__all__ = ["ConfigError", "MISSING", "apply_overrides", "deep_merge", "diff_configs", "field_defaults", "from_dict",
+           "load_config", "load_yaml", "save_config", "to_dict"]
 
 T = TypeVar("T")
 
@@ -235,6 +235,23 @@ def _flatten(data: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
             _flatten(value, _join(prefix, str(key)), out)
     else:
         out[prefix] = data
+    return out
+
+
+def field_defaults(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key → declared default of every field of a (nested) config dataclass instance, read from the
+    classes the instance holds (a method's own options class); fields without a default are left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        key, value = _join(prefix, f.name), getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.update(field_defaults(value, key))
+        elif f.default is not dataclasses.MISSING:
+            out[key] = to_dict(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[key] = to_dict(f.default_factory())
     return out
 
 

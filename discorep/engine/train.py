@@ -19,7 +19,7 @@ from discorep.checkpoint import (CHECKPOINT_FORMAT, checkpoint_path, get_rng_sta
                                  load_checkpoint, load_module_weights, narrow_legacy_config, prune_checkpoints,
                                  save_checkpoint, set_rng_state, upgrade_checkpoint)
 from discorep.engine.config import Config
-from discorep.engine.configio import ConfigError, save_config, to_dict
+from discorep.engine.configio import ConfigError, field_defaults, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
 from discorep.engine.logger import ExpectedDuration, RunLogger
 from discorep.engine.optim import clip_grad_norm
@@ -348,7 +348,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
             state = upgrade_checkpoint(load_checkpoint(ckpt_path))
             narrow_legacy_config(state, to_dict(cfg.method))
             check_resume_config(state["config"], to_dict(cfg), allow_config_change, state.get("world_size"),
-                                dist_info.world_size)
+                                dist_info.world_size, field_defaults(cfg))
             trainer.load_state_dict(state, ckpt_path)
             log.info("resumed from %s at step %d", ckpt_path, trainer.step)
         startup.check_bad_images(trainer)

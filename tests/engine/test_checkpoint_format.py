@@ -50,8 +50,10 @@ def to_v1(state: dict) -> dict:
         old["discovery"] = parts["discovery"]
     method = dict(state["config"]["method"])
     del method["module"]
-    # The recording of the same method holds v1's defaults for every other method's keys.
+    # The recording of the same method holds v1's defaults for every other method's keys; options added
+    # since v1 (Odin's discovery_projector_dtype) were never in a v1 file, so a v1 file lacks them.
     same = "odin_discrete" if method["name"] == "odin" else "r2o"
+    method = {k: v for k, v in method.items() if k in RECORDED[same]["config"]["method"]}
     old["config"] = {**state["config"], "method": {**RECORDED[same]["config"]["method"], **method}}
     return old
 

@@ -127,3 +127,24 @@ def test_resume_on_another_number_of_processes_is_refused_unless_allowed(outcome
         check_resume_config(cfg, cfg, False, 2, 4)
     check_resume_config(cfg, cfg, True, 2, 4)  # --allow-config-change
     outcome("config", "--resume on 4 processes of a run trained on 2", "refused naming both world sizes and global batches")
+
+
+def test_resume_accepts_options_added_since_the_checkpoint_at_their_defaults_only(outcome):
+    """A checkpoint written before an option existed (Odin's discovery_projector_dtype) resumes when the
+    option is at its default (the old code's behaviour) and is refused when it is not."""
+    from discorep.engine.configio import field_defaults, to_dict
+    from discorep.engine.train import check_resume_config
+
+    cfg = tiny_config("odin", Path("."), Path("out"))
+    now, defaults = to_dict(cfg), field_defaults(cfg)
+    assert defaults["method.discovery_projector_dtype"] == "fp32" and defaults["train.seed"] == 0
+    saved = to_dict(cfg)
+    del saved["method"]["discovery_projector_dtype"]
+    with pytest.raises(ConfigError, match="discovery_projector_dtype: checkpoint=<missing> now='fp32'"):
+        check_resume_config(saved, now, False)  # without the defaults: the old refusal
+    check_resume_config(saved, now, False, defaults=defaults)
+    cfg.method.discovery_projector_dtype = "bf16"
+    with pytest.raises(ConfigError, match="discovery_projector_dtype: checkpoint=<missing> now='bf16'"):
+        check_resume_config(saved, to_dict(cfg), False, defaults=defaults)
+    outcome("config", "--resume of a checkpoint from before an option existed",
+            "accepted at the option's default, refused naming the key otherwise")
