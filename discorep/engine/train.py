@@ -333,7 +333,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
     startup.check_environment(cfg)
     dist_info = init_distributed(cfg.train.device)
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
-    created = False
+    created, trainer = False, None
     try:
         ckpt_path = resolve_resume(run_dir, resume)
         startup.claim_run_dir(run_dir, resume, overwrite, dist_info)
@@ -362,6 +362,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
                 raise
         return run_dir
     except BaseException as err:
+        if trainer is not None:  # TensorBoard's writer thread would write into a removed folder
+            trainer.logger.close()
         if created and dist_info.is_main:
             startup.clean_failed_run(run_dir, err)
         raise
