@@ -62,10 +62,10 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple
 
 
 def run_torch(x: torch.Tensor, K: int, args: argparse.Namespace,
-              device: torch.device) -> tuple[float, float, int]:
+              device: torch.device, algorithm: str = "auto") -> tuple[float, float, int]:
     xd = x.to(device)
     t, res = timed(lambda: batched_kmeans(xd, K, iters=args.iters, tol=args.tol, seed=args.seed,
-                                         n_init=args.n_init), args.repeats, device)
+                                         n_init=args.n_init, algorithm=algorithm), args.repeats, device)
     xs, cs = x.numpy(), res.centroids.cpu().numpy()
     return t, float(np.mean([inertia_of(xs[b], cs[b]) for b in range(len(xs))])), res.n_iter
 
@@ -162,7 +162,12 @@ def bench_case(name: str, x: torch.Tensor, K: int, args: argparse.Namespace,
     print(f"\n== {name}: {P} problem(s) x {N} points, D={D}, K={K}, "
           f"iters<={args.iters}, n_init={args.n_init}")
     t_b, in_b, it_b = run_torch(x, K, args, device)
-    print(f"  batched torch ({device.type}): {t_b * 1e3:9.1f} ms   inertia {in_b:10.4f}   iters {it_b}")
+    print(f"  batched torch ({device.type}): {t_b * 1e3:9.1f} ms   inertia {in_b:10.4f}   iters {it_b}"
+          f"   (algorithm=auto: {'gram' if device.type == 'cpu' and N <= D else 'explicit'})")
+    if device.type == "cpu" and N <= D:  # the coordinates path, for reference (kmeans_gram docstring)
+        t_e, in_e, it_e = run_torch(x, K, args, device, algorithm="explicit")
+        print(f"  batched torch, explicit: {t_e * 1e3:6.1f} ms   inertia {in_e:10.4f}   iters {it_e}"
+              f"   explicit/gram time {t_e / t_b:.2f}x")
     if args.skip_sklearn:
         return None
     t_s, in_s, it_s = run_sklearn(x, K, args)

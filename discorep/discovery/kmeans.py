@@ -26,9 +26,10 @@ from torch import Tensor
 
 from discorep import hostsync
 from discorep.precision import full_precision
-from discorep.discovery.seeding import Uniform, gather_rows, kmeanspp
+from discorep.discovery.kmeans_gram import gram_lloyd, gram_matrix
+from discorep.discovery.seeding import Uniform, far_points, gather_rows, kmeanspp_indices
 
-__all__ = ["KMeansResult", "batched_kmeans", "batched_kmeans_ks"]
+__all__ = ["ALGORITHMS", "KMeansResult", "batched_kmeans", "batched_kmeans_ks"]
 
 
 @dataclass
@@ -104,21 +105,12 @@ def _cluster_sums(x: Tensor, labels: Tensor, validf: Tensor, K: int,
 
 def _reseed_empty(x: Tensor, x2: Tensor, centroids: Tensor, empty: Tensor, dmin: Tensor,
                   valid: Tensor) -> Tensor:
-    """Move each empty cluster to a distinct valid point far from its current centroid (vectorised).
-
-    The r-th empty cluster of an image (in cluster order) takes the image's r-th farthest point. A
-    point at distance ~0 would not help (it already sits on a centroid), so such clusters stay put:
-    that keeps every centroid finite and avoids dividing by an empty count.
-    """
-    L = min(centroids.shape[1], x.shape[1])
-    far_d, far_idx = dmin.masked_fill(~valid, -1.0).topk(L, dim=1)  # (R, L), descending
+    """Move each empty cluster to a distinct valid point far from its current centroid (vectorised,
+    `seeding.far_points`)."""
     # "Distance 0" up to float round-off of a mean of identical points (relative to the data scale).
     eps = 1e-10 * (x2 * valid).amax(1, keepdim=True)  # (R, 1)
-    order = empty.long().cumsum(1)  # (R, K): 1-based rank among the empty clusters
-    rank = (order - 1).clamp_(min=0, max=L - 1)
-    move = empty & (order <= L) & (far_d.gather(1, rank) > eps)
-    target = gather_rows(x, far_idx.gather(1, rank))  # (R, K, D)
-    return torch.where(move.unsqueeze(-1), target, centroids)
+    move, idx = far_points(dmin, valid, empty, eps)
+    return torch.where(move.unsqueeze(-1), gather_rows(x, idx), centroids)
 
 
 def _lloyd_step(x: Tensor, x2: Tensor, valid: Tensor, validf: Tensor, centroids: Tensor,
@@ -242,11 +234,25 @@ def _check_seed(seed: int | Tensor, B: int) -> None:
         raise ValueError(f"seed must be an int or a ({B},) tensor of per-image seeds, got shape {tuple(seed.shape)}")
 
 
+ALGORITHMS = ("auto", "explicit", "gram")
+
+
+def _use_gram(algorithm: str, x: Tensor, sync_every: int) -> bool:
+    """The Gram path (`kmeans_gram`) when asked, or by default on CPU for problems with no more points
+    than dimensions (N ≤ D), where every product on G = x xᵀ is smaller than the one on x. Accelerators
+    keep the explicit path (its no-sync loop; their matmuls are not memory-bound the way a CPU's are)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm != "auto":
+        return algorithm == "gram"
+    return sync_every == 1 and hostsync.reads_are_free(x) and x.shape[1] <= x.shape[2]
+
+
 @torch.no_grad()
 @full_precision  # fp32 distances whatever autocast the caller runs under (issue 12)
 def batched_kmeans_ks(x: Tensor, ks: Sequence[int], valid: Tensor | None = None, *, iters: int = 50,
                       tol: float = 1e-4, seed: int | Tensor = 0, normalize: bool = True, n_init: int = 1,
-                      sync_every: int | None = None) -> dict[int, KMeansResult]:
+                      sync_every: int | None = None, algorithm: str = "auto") -> dict[int, KMeansResult]:
     """`batched_kmeans` for several K at once from one seeding: {K: result} for every K in `ks`.
 
     Greedy k-means++ picks max(ks) centres once; each K starts Lloyd from the first K of them. Greedy
@@ -263,6 +269,7 @@ def batched_kmeans_ks(x: Tensor, ks: Sequence[int], valid: Tensor | None = None,
         sync_every = 1 if hostsync.reads_are_free(x) else 8
     if sync_every < 1:
         raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+    use_gram = _use_gram(algorithm, x, sync_every)
     B, N, D = x.shape
     _check_seed(seed, B)
     if N == 0 or B == 0:
@@ -272,14 +279,19 @@ def batched_kmeans_ks(x: Tensor, ks: Sequence[int], valid: Tensor | None = None,
     pts, valid, x2 = _prepare(x, valid, normalize)
     if n_init > 1:
         pts, valid, x2 = (t.repeat_interleave(n_init, 0) for t in (pts, valid, x2))
-    seeds = kmeanspp(pts, x2, valid, max(ks), Uniform(seed, pts.shape[0], n_init, x.device))
+    gram = gram_matrix(pts) if use_gram else None
+    seeds = kmeanspp_indices(pts, x2, valid, max(ks), Uniform(seed, pts.shape[0], n_init, x.device), gram)
     out = {}
     for K in dict.fromkeys(ks):  # each distinct K once, in the given order
         start = seeds[:, :K].contiguous()
-        if sync_every == 1:
-            centroids, labels, final, n_iter = _lloyd_compact(pts, x2, valid, start, iters, tol)
+        if gram is not None:
+            weights, labels, n_iter = gram_lloyd(gram, x2, valid, start, iters, tol)
+            centroids, final = torch.bmm(weights.transpose(1, 2), pts), torch.ones_like(valid[:, 0])
+        elif sync_every == 1:
+            centroids, labels, final, n_iter = _lloyd_compact(pts, x2, valid, gather_rows(pts, start), iters, tol)
         else:
-            (centroids, n_iter), labels, final = _lloyd(pts, x2, valid, start, iters, tol, sync_every), None, None
+            (centroids, n_iter), labels, final = _lloyd(pts, x2, valid, gather_rows(pts, start), iters, tol,
+                                                        sync_every), None, None
         labels, inertia = _finish(pts, valid, centroids, labels, final)
         if n_init > 1:
             best = inertia.view(B, n_init).argmin(1) + torch.arange(B, device=x.device) * n_init
@@ -290,7 +302,7 @@ def batched_kmeans_ks(x: Tensor, ks: Sequence[int], valid: Tensor | None = None,
 
 def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int = 50,
                    tol: float = 1e-4, seed: int | Tensor = 0, normalize: bool = True,
-                   n_init: int = 1, sync_every: int | None = None) -> KMeansResult:
+                   n_init: int = 1, sync_every: int | None = None, algorithm: str = "auto") -> KMeansResult:
     """K-means on B independent point sets at once.
 
     x: (B, N, D) any float dtype (computed in float32); valid: (B, N) bool or None (all valid).
@@ -303,8 +315,11 @@ def batched_kmeans(x: Tensor, K: int, valid: Tensor | None = None, *, iters: int
     `sync_every`: how often the loop reads "converged?" back to the host (default: every iteration on
     CPU, where it is free and lets converged images drop out of the work; every 8 on GPU, where each
     read is a device sync). Results are the same.
+    `algorithm`: "explicit" computes with the coordinates, "gram" in the span of the points from their
+    Gram matrix (`kmeans_gram`: cheaper when N ≤ D); "auto" (default) takes "gram" on CPU when N ≤ D.
+    Both run the same algorithm from the same seeds and differ only by float rounding.
     """
     if isinstance(K, bool) or not isinstance(K, int):
         raise ValueError(f"K must be a positive int, got {K!r}")
     return batched_kmeans_ks(x, [K], valid, iters=iters, tol=tol, seed=seed, normalize=normalize,
-                             n_init=n_init, sync_every=sync_every)[K]
+                             n_init=n_init, sync_every=sync_every, algorithm=algorithm)[K]

@@ -99,27 +99,39 @@ def kmeanspp(x: Tensor, x2: Tensor, valid: Tensor, K: int, gen: Uniform) -> Tens
 
     x: (R, N, D) with invalid rows zero; x2: (R, N) their squared norms; valid: (R, N) bool.
     """
+    return gather_rows(x, kmeanspp_indices(x, x2, valid, K, gen))
+
+
+def kmeanspp_indices(x: Tensor, x2: Tensor, valid: Tensor, K: int, gen: Uniform,
+                     gram: Tensor | None = None) -> Tensor:
+    """`kmeanspp`'s centres as indices (R, K) into x's points. With `gram` (R, N, N) = x xᵀ given, the
+    distances are read from it instead of recomputed from x (`kmeans_gram`), with the same draws."""
     size = SEED_POINTS_PER_CLUSTER * K
-    if x.shape[1] > size:
-        idx = subsample(valid, size, gen)
-        x, x2, valid = gather_rows(x, idx), x2.gather(1, idx), valid.gather(1, idx)
-    return gather_rows(x, _greedy_indices(x, x2, valid.to(x.dtype), K, gen))
+    if x.shape[1] <= size:
+        return _greedy_indices(x, x2, valid.to(x.dtype), K, gen, gram)
+    idx = subsample(valid, size, gen)
+    sub_gram = None if gram is None else gather_rows(gram, idx).gather(2, idx.unsqueeze(1).expand(-1, size, -1))
+    sub = gather_rows(x, idx) if gram is None else None
+    chosen = _greedy_indices(sub, x2.gather(1, idx), valid.gather(1, idx).to(x.dtype), K, gen, sub_gram)
+    return idx.gather(1, chosen)
 
 
-def _greedy_indices(x: Tensor, x2: Tensor, validf: Tensor, K: int, gen: Uniform) -> Tensor:
-    """Indices (R, K) into x's points of the greedy k-means++ centres."""
+def _greedy_indices(x: Tensor | None, x2: Tensor, validf: Tensor, K: int, gen: Uniform,
+                    gram: Tensor | None = None) -> Tensor:
+    """Indices (R, K) into the points of the greedy k-means++ centres (x or, when given, their Gram
+    matrix gram = x xᵀ supplies the dot products)."""
     trials = 2 + int(math.log(K))
     fallback = _fallback_weights(validf)
-    u = gen(x.shape[0], 1 + (K - 1) * trials)  # every draw of the seeding at once (one op, not K)
+    u = gen(x2.shape[0], 1 + (K - 1) * trials)  # every draw of the seeding at once (one op, not K)
     first = _sample(torch.zeros_like(validf), fallback, u[:, :1])  # (R, 1): uniform over valid points
     chosen = [first]
     # D² to the closest centre so far; kept at 0 on invalid rows, so they are never drawn and add nothing.
-    closest = _sqdist_to(x, x2, first, validf).squeeze(1)
+    closest = _sqdist_to(x, x2, first, validf, gram).squeeze(1)
     for k in range(1, K):
         cand = _sample(closest, fallback, u[:, 1 + (k - 1) * trials:1 + k * trials])  # (R, L)
-        pot = torch.minimum(_sqdist_to(x, x2, cand, validf), closest.unsqueeze(1))  # (R, L, N)
+        pot = torch.minimum(_sqdist_to(x, x2, cand, validf, gram), closest.unsqueeze(1))  # (R, L, N)
         best = pot.sum(-1).argmin(-1, keepdim=True)  # (R, 1): the candidate leaving the least potential
-        closest = pot.gather(1, best.unsqueeze(-1).expand(-1, 1, x.shape[1])).squeeze(1)
+        closest = pot.gather(1, best.unsqueeze(-1).expand(-1, 1, x2.shape[1])).squeeze(1)
         chosen.append(cand.gather(1, best))
     return torch.cat(chosen, 1)
 
@@ -130,12 +142,27 @@ def _greedy_indices(x: Tensor, x2: Tensor, validf: Tensor, K: int, gen: Uniform)
 _WIDE = 1024
 
 
-def _sqdist_to(x: Tensor, x2: Tensor, idx: Tensor, validf: Tensor) -> Tensor:
+def _sqdist_to(x: Tensor | None, x2: Tensor, idx: Tensor, validf: Tensor, gram: Tensor | None = None) -> Tensor:
     """Squared distances (R, L, N) from the points `idx` (R, L) to every point, 0 at invalid points."""
-    c = gather_rows(x, idx)
-    if x.shape[1] >= _WIDE:
-        dot = torch.bmm(c, x.transpose(1, 2))
+    if gram is not None:
+        dot = gather_rows(gram, idx)  # rows of x xᵀ: no pass over the coordinates
+    elif x.shape[1] >= _WIDE:
+        dot = torch.bmm(gather_rows(x, idx), x.transpose(1, 2))
     else:
-        dot = torch.bmm(x, c.transpose(1, 2)).transpose(1, 2)
+        dot = torch.bmm(x, gather_rows(x, idx).transpose(1, 2)).transpose(1, 2)
     d = (x2.gather(1, idx).unsqueeze(-1) + x2.unsqueeze(1)).sub_(dot, alpha=2.0)
     return d.clamp_(min=0.0).mul_(validf.unsqueeze(1))
+
+
+def far_points(dmin: Tensor, valid: Tensor, empty: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """Where empty clusters move (Lloyd's fix-up): the r-th empty cluster of a problem (in cluster
+    order) takes the problem's r-th farthest valid point by `dmin` (R, N), its squared distance to its
+    centroid. Returns (move (R, K) bool, point index (R, K)); a cluster whose point would lie within
+    `eps` (R, 1) of its centroid does not move (it would not help, and keeping it keeps every centroid
+    finite)."""
+    L = min(empty.shape[1], dmin.shape[1])
+    far_d, far_idx = dmin.masked_fill(~valid, -1.0).topk(L, dim=1)  # (R, L), descending
+    order = empty.long().cumsum(1)  # (R, K): 1-based rank among the empty clusters
+    rank = (order - 1).clamp_(min=0, max=L - 1)
+    move = empty & (order <= L) & (far_d.gather(1, rank) > eps)
+    return move, far_idx.gather(1, rank)
