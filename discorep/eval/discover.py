@@ -43,6 +43,7 @@ import logging
 import zipfile
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -59,7 +60,7 @@ from discorep.fileio import atomic_write
 from discorep.eval.background import BackgroundWriter
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
-from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine
+from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine, start_superpixels
 from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
 from discorep.viz import overlay
 
@@ -138,15 +139,17 @@ def _load_batch(jobs: list[_Job], size: int, skipped: list[tuple[_Job, str]]):
     return kept, pics, tensors
 
 
-def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor, k: int) -> Image.Image:
-    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE, labelled "K=k"."""
+def _overlay_picture(img: Image.Image, grid_labels: torch.Tensor, k: int,
+                     full_size: np.ndarray | None = None) -> Image.Image:
+    """Overlay at the original size, or downscaled so the long side is OVERLAY_MAX_SIDE, labelled "K=k".
+    `full_size`: the labels already upsampled to the image's size, if at hand."""
     w, h = img.size
     scale = min(1.0, OVERLAY_MAX_SIDE / max(w, h))
     if scale < 1.0:
         w, h = max(1, round(w * scale)), max(1, round(h * scale))
         img = img.resize((w, h), Image.BICUBIC)
     # Upsampling the grid straight to the picture size equals downscaling the full-size map (nearest).
-    labels = upsample_nearest(grid_labels, h, w).astype(np.int64)
+    labels = full_size if scale == 1.0 and full_size is not None else upsample_nearest(grid_labels, h, w)
     picture = Image.fromarray(overlay(np.asarray(img), labels))
     if w >= 48 and h >= 16:  # say which K is drawn, where it fits
         draw = ImageDraw.Draw(picture)
@@ -171,7 +174,7 @@ def _write_outputs(out: Path, job: _Job, img: Image.Image, grids: dict[int, torc
     arrays["k_effective"] = np.asarray([min(k, grids[k].numel()) for k in ks], dtype=np.int32)
     info = PngInfo()
     info.add_text("overlay_k", str(overlay_k))
-    picture = _overlay_picture(img, grids[overlay_k], overlay_k)
+    picture = _overlay_picture(img, grids[overlay_k], overlay_k, arrays.get(f"labels_k{overlay_k}"))
     # PNG at zlib level 1: label overlays compress nearly as well, and saving took ~40 % less time.
     _replace_atomically(target.parent / f"{target.name}.png", lambda f: picture.save(f, format="PNG", pnginfo=info, compress_level=1))
 
@@ -237,18 +240,21 @@ def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, 
     # Writes run on one background thread while the next batches are decoded, encoded and clustered,
     # at most WRITE_AHEAD_BATCHES behind (eval/background.py: same order, first error stops, exact count).
     writer = BackgroundWriter(max_pending=WRITE_AHEAD_BATCHES * batch_size)
+    # A batch's superpixels are computed on this thread while the main thread encodes the batch.
+    superpixels = ThreadPoolExecutor(max_workers=1, thread_name_prefix="superpixels")
     try:
         with tqdm(total=len(jobs), desc="discover", unit="img", disable=None) as bar:
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start:start + batch_size]
                 chunk_grid = _segment_chunk(model, chunk, out, settings, cluster_ks, skipped, refiner, regions,
-                                            writer)
+                                            writer, superpixels)
                 if grid is None and chunk_grid is not None:
                     grid = chunk_grid
                     _log_clamping(settings["ks"], grid)
                 bar.update(len(chunk))
             writer.drain()
     finally:
+        superpixels.shutdown(cancel_futures=True)
         writer.close()  # after an error: skip the queued writes, wait for the running one
         counts["written"] += writer.written
     return grid
@@ -256,15 +262,18 @@ def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, 
 
 def _segment_chunk(model: EvalModel, chunk: list[_Job], out: Path, settings: dict, cluster_ks: list[int],
                    skipped: list[tuple[_Job, str]], refiner: Refine, regions: list[int],
-                   writer: BackgroundWriter) -> tuple[int, int] | None:
+                   writer: BackgroundWriter, superpixels: ThreadPoolExecutor) -> tuple[int, int] | None:
     """Decode and segment one batch and queue its writes; returns its feature grid (None when no image
     was readable or when refining, whose labels are per pixel)."""
     kept, pics, tensors = _load_batch(chunk, settings["size"], skipped)
     if not kept:
         return None
     ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
-    labels = segment_batch(model, torch.stack(tensors), cluster_ks, settings["features"], seed=settings["seed"],
-                           image_ids=ids, refine=refiner, padding=settings["padding"], regions_out=regions)
+    images = torch.stack(tensors)
+    maps = start_superpixels(superpixels, images, refiner) if refiner.active else None
+    labels = segment_batch(model, images, cluster_ks, settings["features"], seed=settings["seed"],
+                           image_ids=ids, refine=refiner, padding=settings["padding"], regions_out=regions,
+                           superpixels=maps)
     for b, (job, img) in enumerate(zip(kept, pics)):
         writer.submit(_write_outputs, out, job, img, {k: v[b] for k, v in labels.items()}, settings["ks"],
                       settings["overlay_k"])

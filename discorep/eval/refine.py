@@ -17,7 +17,7 @@ the feature grid with the area fractions carried down by the upsampling's transp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -96,6 +96,12 @@ def batch_superpixels(images: np.ndarray, refine: Refine) -> list[np.ndarray]:
         return list(pool.map(superpixels, images, [refine] * len(images)))
 
 
+def start_superpixels(pool: Executor, images: Tensor, refine: Refine) -> Future:
+    """`batch_superpixels` of (B, 3, S, S) images in [0, 1] on `pool`, to overlap with their forward pass
+    (superpixels depend on the image only; the result is the same as computing them afterwards)."""
+    return pool.submit(batch_superpixels, to_uint8(images), refine)
+
+
 def _fill_unpooled(painted: np.ndarray) -> np.ndarray:
     """Pixels of regions that received no pooling weight (-1) take the nearest labelled pixel's id."""
     missing = painted < 0
@@ -161,14 +167,15 @@ def cluster_regions(pooled: Tensor, present: Tensor, ks: Sequence[int], seeds: T
 
 @torch.no_grad()
 def refine_labels(feats: Tensor, images: Tensor, ks: Sequence[int], refine: Refine, seeds: Tensor, *,
-                  iters: int = 50) -> tuple[dict[int, Tensor], list[int]]:
+                  iters: int = 50, maps: Future | None = None) -> tuple[dict[int, Tensor], list[int]]:
     """Per-image k-means over superpixel regions for each K, painted back per pixel.
 
     feats (B, D, h, w) dense features; images (B, 3, S, S) in [0, 1] (the network's input);
     seeds (B,) per-image k-means seeds. Returns ({K: (B, S, S) int64 labels}, regions per image).
     K larger than an image's number of regions yields at most one segment per region.
+    `maps`: the images' superpixels already under way (`start_superpixels`), else computed here.
     """
-    maps = batch_superpixels(to_uint8(images), refine)
+    maps = maps.result() if maps is not None else batch_superpixels(to_uint8(images), refine)
     counts = [int(m.max()) + 1 for m in maps]
     regions = torch.from_numpy(np.stack(maps)).long().to(feats.device)
     pooled, present = region_features(feats.float(), regions, max(counts))

@@ -17,6 +17,7 @@ then has exactly uniform features at no extra cost (docs/evaluation.md has the m
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 
 import numpy as np
@@ -77,14 +78,16 @@ def conv_padding(module: nn.Module, mode: str) -> Iterator[None]:
 @torch.no_grad()
 def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features: str = "c5", *,
                   seed: int = 0, image_ids: Tensor | None = None, iters: int = 50, refine: Refine | None = None,
-                  padding: str = "zeros", regions_out: list[int] | None = None) -> dict[int, Tensor]:
+                  padding: str = "zeros", regions_out: list[int] | None = None,
+                  superpixels: Future | None = None) -> dict[int, Tensor]:
     """images: (B, 3, S, S) in [0, 1] → {K: (B, h, w) int64 labels on the feature grid}.
 
     A K larger than the grid's number of points is clamped to it (every point its own segment).
     Seeds are per image (from `seed` and `image_ids`), so results do not depend on the batching. All K
     start from one k-means++ seeding (`batched_kmeans_ks`): seeding is paid once, not once per K.
     With an active `refine` the labels are (B, S, S) instead, painted per superpixel region, and the
-    number of regions of each image is appended to `regions_out` when given.
+    number of regions of each image is appended to `regions_out` when given; `superpixels` are the
+    images' superpixels already under way (`refine.start_superpixels`), so they overlap the forward.
     """
     device = next(model.encoder.parameters()).device
     with conv_padding(model.encoder, padding):
@@ -93,7 +96,7 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     ids = torch.arange(B) if image_ids is None else image_ids
     seeds = image_seeds(seed, ids.to(device))
     if refine is not None and refine.active:
-        labels, counts = refine_labels(feats, images.to(device), ks, refine, seeds, iters=iters)
+        labels, counts = refine_labels(feats, images.to(device), ks, refine, seeds, iters=iters, maps=superpixels)
         if regions_out is not None:
             regions_out.extend(counts)
         return labels
@@ -106,4 +109,5 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
 def upsample_nearest(labels: Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
     """(h, w) grid labels → (height, width) int32 array by `data.labelmaps.resize_nearest`."""
     lab = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
-    return resize_nearest(lab, height, width).astype(np.int32)
+    # Cast the small map, not the upsampled one (a 480×640 int64 → int32 copy per K cost ~1 ms).
+    return resize_nearest(lab.astype(np.int32, copy=False), height, width)

@@ -309,3 +309,41 @@ def test_region_features_equal_pooling_the_upsampled_features_on_the_pool_grid()
     up = F.interpolate(feats, size=(POOL_SIDE, POOL_SIDE), mode="bilinear", align_corners=False)
     assert torch.equal(present, aligned.present)
     assert torch.allclose(pooled, mask_pool(up, aligned.soft), atol=1e-5)
+
+
+def test_superpixels_started_before_the_forward_give_the_same_labels():
+    """discover starts a batch's superpixels on a thread before encoding it (`start_superpixels`); the
+    labels equal those computed after the forward, and the maps are those of `batch_superpixels`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stub = EvalModel(_ColourNet(), None, "colour", "colour", {})
+    rng = np.random.default_rng(4)
+    img = torch.from_numpy(rng.integers(0, 255, (2, 8, 8, 3)).repeat(8, 1).repeat(8, 2).astype(np.float32)
+                           / 255).permute(0, 3, 1, 2)
+    refine, ks, ids = Refine("slic", superpixels=40), [2, 8, 32], torch.tensor([5, 6])
+    after = segment_batch(stub, img, ks, "c4", image_ids=ids, refine=refine)
+    with ThreadPoolExecutor(1) as pool:
+        maps = refine_mod.start_superpixels(pool, img, refine)
+        before = segment_batch(stub, img, ks, "c4", image_ids=ids, refine=refine, superpixels=maps)
+        expected = batch_superpixels(refine_mod.to_uint8(img), refine)
+        assert all(np.array_equal(a, b) for a, b in zip(maps.result(), expected))
+    for k in ks:
+        assert torch.equal(after[k], before[k]), k
+
+
+def test_overlay_blends_with_the_per_pixel_formula_and_paints_edges_white():
+    """The table-driven blend equals image·(1 − α) + colour·α computed per pixel (id −1 black)."""
+    from discorep.viz import overlay, palette
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    labels = rng.integers(-1, 6, (6, 8)).repeat(5, 0).repeat(5, 1)
+    got = overlay(image, labels)
+    colours = palette(int(labels.max()) + 1)
+    colour = np.where(labels[..., None] >= 0, colours[labels.clip(min=0)], 0)
+    expected = (image * (1 - 0.55) + colour * 0.55).astype(np.uint8)
+    edge = np.zeros(labels.shape, bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    expected[edge] = 255
+    assert np.array_equal(got, expected)
