@@ -209,3 +209,18 @@ def test_discover_benchmark_reports_ratio_to_the_forward_and_its_stages(tmp_path
     assert written["ratio"] == pytest.approx(d["images_per_s"] / f["images_per_s"])
     assert written["meets_target"] == (written["ratio"] >= TARGET)
     assert returned["ratio"] == written["ratio"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refine", ["slic", "none"])
+def test_discover_costs_bound_the_ratio_by_the_stage_work(refine):
+    from benchmarks.discover_costs import main
+
+    r = main(["--images", "3", "--image-size", "96x128", "--size", "64", "--ks", "1,2,64", "--batch", "2",
+              "--refine", refine, "--cores", "2"])
+    cost = r["ms_per_image"]
+    stages = ("decode", "forward", "superpixels", "refine rest / k-means", "write")
+    assert _positive_finite(*(cost[s] for s in stages if s != "superpixels"), cost["forward on cores"])
+    assert (cost["superpixels"] > 0) == (refine == "slic")
+    assert r["work_ms_per_image"] == pytest.approx(sum(cost[s] for s in stages))
+    assert r["ceiling"] == pytest.approx(cost["forward on cores"] / (r["work_ms_per_image"] / 2))

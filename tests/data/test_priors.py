@@ -199,3 +199,16 @@ def test_cache_rejects_bad_arguments(tmp_path):
         cache.build([("a", "x.png"), ("a", "y.png")], progress=False)
     with pytest.raises(ValueError, match="non-empty strings"):
         cache.get("", "x.png")
+
+
+def test_relabel_contiguous_equals_numpy_unique_inverse():
+    """The bincount table (compact ids) and np.unique (sparse ids) give unique's inverse, as int32."""
+    from discorep.data.priors.base import relabel_contiguous
+
+    rng = np.random.default_rng(0)
+    cases = [rng.integers(0, 300, (40, 50)), rng.integers(-5, 10, (7, 9)), np.array([[7]]),
+             rng.integers(0, 2 ** 40, (6, 6)), rng.integers(0, 255, (5, 5)).astype(np.uint8), np.zeros((0, 3), int)]
+    for labels in cases:
+        expected = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
+        got = relabel_contiguous(labels)
+        assert got.dtype == np.int32 and np.array_equal(got, expected), labels.dtype

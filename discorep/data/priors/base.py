@@ -13,6 +13,13 @@ from discorep.errors import PriorError  # noqa: F401 (re-export; every user-faci
 
 def relabel_contiguous(labels: np.ndarray) -> np.ndarray:
     """Map arbitrary integer ids onto ``0..M-1`` (order of the sorted old ids), as int32."""
+    labels = np.asarray(labels)
+    if labels.size and np.issubdtype(labels.dtype, np.integer):
+        low, high = int(labels.min()), int(labels.max())
+        if high - low <= 4 * labels.size:  # compact ids (every segmenter's): a table, not a sort (~10x)
+            present = np.bincount((labels - low).ravel(), minlength=high - low + 1) > 0
+            table = (np.cumsum(present) - 1).astype(np.int32)
+            return table[labels - low]
     _, inverse = np.unique(labels, return_inverse=True)
     return inverse.reshape(labels.shape).astype(np.int32)
 
