@@ -56,15 +56,22 @@ def kmeans_peak_bytes(B: int, N: int, D: int, K: int, n_init: int = 1) -> int:
     """Predicted peak bytes allocated by `batched_kmeans` on CPU (float32 input; the input excluded).
 
     Final assignment: the normalised points (4RND) + the one (c_label - x) temporary for the exact
-    inertia, subtracted in place (4RND) + final and working centroids (8RKD) + per-point vectors (33RN:
+    inertia, subtracted in place (4RND) + the final centroids (4RKD) + per-point vectors (33RN:
     labels, kept labels, squared norms, validity, norms). Lloyd: points + the (R, N, K) score matrix
-    (4RNK) + centroids, sums/new centroids and kept centroids (12RKD) + per-point vectors (33RN).
+    (4RNK) + centroids and sums/new centroids (8RKD) + per-point vectors (33RN). (The k-means++ centres
+    are kept as indices since 2026-12-03, one 4RKD less than before.)
     k-means++ (on at most 16·K points per problem, (R, L, 16K) candidate distances) and the copies that
     drop converged images from the Lloyd working set (at most 3/4 of 4RND) stay below both terms.
+    Gram path (N ≤ D): the Gram matrix (4RN²) stays allocated; the final centroids (4RKD) and the
+    weights (4RNK) replace the two centroid sets; its Lloyd holds ~7 (R, N, K) weight/dot arrays.
     """
     R = B * n_init
-    assign = 8 * R * N * D + 8 * R * K * D + 33 * R * N
-    lloyd = 4 * R * N * D + 4 * R * N * K + 12 * R * K * D + 33 * R * N
+    if N <= D:  # the Gram path (`kmeans_gram`, CPU default when N <= D): G and (R, N, K) weights instead
+        assign = 8 * R * N * D + 4 * R * N * N + 4 * R * K * D + 4 * R * N * K + 33 * R * N
+        lloyd = 4 * R * N * D + 4 * R * N * N + 28 * R * N * K + 33 * R * N
+        return max(assign, lloyd)
+    assign = 8 * R * N * D + 4 * R * K * D + 33 * R * N
+    lloyd = 4 * R * N * D + 4 * R * N * K + 8 * R * K * D + 33 * R * N
     return max(assign, lloyd)
 
 
@@ -113,6 +120,8 @@ KMEANS_CASES = [  # (B, N, D, K, n_init)
     (1, 3200, 1024, 128, 1),   # R2O pooled: 32 images x 100 regions, C4 of ResNet-50
     (1, 6400, 1024, 128, 1),   # ... 64 images
     (4, 1000, 64, 256, 1),     # K > D: the Lloyd term dominates
+    (8, 240, 2048, 128, 1),    # Gram path: refine's ~240 regions of ResNet-50 C5
+    (4, 100, 128, 100, 1),     # Gram path with K ~ N
     (16, 3136, 256, 16, 2),    # n_init 2
 ]
 ALIGN_CASES = [  # (B, M, P, g, views)

@@ -11,8 +11,9 @@ inertia, whatever values they hold (they are zeroed before any arithmetic, so in
 
 Memory (float32, R = B·n_init): points (R, N, D) + the score matrix (R, N, K) (+ the same again for
 the one-hot assignment on CUDA) + centroids and their sums (R, K, D) + k-means++ candidate distances
-(R, L, ≤16K) with L = 2 + ⌊ln K⌋, plus one (R, N, D) temporary for the exact final inertia (formula
-checked against measured peaks: benchmarks/memory.py, docs/performance.md).
+(R, L, ≤16K) with L = 2 + ⌊ln K⌋, plus one (R, N, D) temporary for the exact final inertia; on the
+Gram path (N ≤ D, `kmeans_gram`) G (R, N, N) and (R, N, K) weights instead of the centroid sets
+(formulas checked against measured peaks: benchmarks/memory.py, docs/performance.md).
 E.g. R2O pooled, N=6400, K=128, D=1024: 26 MB points + 3.3 MB (+3.3 MB) + 1 MB (+26 MB transient).
 """
 

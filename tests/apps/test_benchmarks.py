@@ -137,6 +137,10 @@ def test_kmeans_peak_memory_matches_the_formula_and_grows_as_it_says():
     big_k = (2, 1024, 16, 128)
     assert measured(*big_k) == pytest.approx(kmeans_peak_bytes(*big_k), rel=0.05)
     assert kmeans_peak_bytes(*big_k) > 8 * 2 * 1024 * 16 * 2 + 8 * 2 * 128 * 16 + 33 * 2 * 1024  # not the assignment term
+    # N ≤ D: the Gram path's peak adds G (4·R·N²) and the (R, N, K) weights.
+    for gram_shape in ((8, 150, 512, 32), (8, 300, 512, 128)):
+        assert measured(*gram_shape) == pytest.approx(kmeans_peak_bytes(*gram_shape), rel=0.03)
+        assert kmeans_peak_bytes(*gram_shape) >= 4 * 8 * gram_shape[1] ** 2
 
 
 def test_mask_alignment_peak_memory_matches_the_formula():
