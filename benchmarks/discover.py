@@ -45,17 +45,22 @@ STAGES = ("load_model", "decode", "forward", "kmeans", "refine", "write wait")
 OVERLAPPED = "write (overlapped)"  # the writer thread's busy time, overlapping the stages above
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_workload_args(p: argparse.ArgumentParser, refine_default: str) -> None:
+    """The discover workload both discover benchmarks run: model, generated scenes, discover's settings."""
     p.add_argument("--arch", default="resnet18", help="random:<arch> weights (speed does not depend on them)")
     p.add_argument("--images", type=int, default=32, help="generated scenes")
     p.add_argument("--image-size", default="480x640", help="HxW of the generated scenes (files discover reads)")
     p.add_argument("--size", type=int, default=224, help="discover --size")
     p.add_argument("--ks", default="1,2,4,8,16,32,64,128", help="discover --k")
-    p.add_argument("--features", default="c5", help="discover --features")
     p.add_argument("--batch", type=int, default=8, help="discover --batch-size")
-    p.add_argument("--refine", default="none", choices=("none", "slic", "felzenszwalb"),
+    p.add_argument("--refine", default=refine_default, choices=("none", "slic", "felzenszwalb"),
                    help="discover --refine (discover's own default is slic; none = the grid alone)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_args(p, refine_default="none")
+    p.add_argument("--features", default="c5", help="discover --features")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p

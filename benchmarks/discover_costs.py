@@ -20,6 +20,7 @@ cost; on several threads it costs at least that). Ends with `RESULT discover_cei
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from concurrent.futures import Future
@@ -27,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.discover import add_workload_args  # noqa: E402
 from discorep.apps.demodata.scenes import make_scenes
 from discorep.data.images import list_images, load_rgb
 from discorep.discovery.kmeans import batched_kmeans_ks
@@ -40,13 +44,7 @@ from discorep.models.dense import dense_features
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet18", help="random:<arch> weights (speed does not depend on them)")
-    p.add_argument("--images", type=int, default=32, help="generated scenes")
-    p.add_argument("--image-size", default="480x640", help="HxW of the generated scenes")
-    p.add_argument("--size", type=int, default=224, help="discover --size")
-    p.add_argument("--ks", default="1,2,4,8,16,32,64,128", help="discover --k")
-    p.add_argument("--batch", type=int, default=8, help="discover --batch-size")
-    p.add_argument("--refine", default="slic", choices=("none", "slic", "felzenszwalb"))
+    add_workload_args(p, refine_default="slic")
     p.add_argument("--cores", type=int, default=2, help="cores the ceiling is computed for")
     return p
 

@@ -3,7 +3,8 @@
 Greedy k-means++ (Arthur & Vassilvitskii 2007; the variant scikit-learn uses) picks K centres one
 after the other: L = 2 + ⌊ln K⌋ candidates are drawn ∝ D² (squared distance to the closest centre so
 far) and the one that lowers the potential most is kept. The K steps are sequential by nature; each
-step is one batched matmul over all problems.
+step is one batched matmul over all problems (or, given the points' Gram matrix, a gather of its
+rows: `kmeans_gram`).
 
 On a CPU each step's matmul reads all N·D coordinates, so seeding costs K passes over the data: for
 R2O's pooled problem (N = 6400, D = 1024, K = 128) that was 80 % of the whole k-means (profiled,
