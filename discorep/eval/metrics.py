@@ -63,6 +63,21 @@ def proposals_from_labels(label_maps: LabelMaps) -> np.ndarray:
     return np.stack(masks)
 
 
+def _segment_codes(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, kept, areas): codes 0 for unlabelled pixels and 1.. for labels, `kept` the codes
+    present in ascending label order, `areas` the pixel count of each code. Small label ids (every discovered map) are shifted, not sorted: one
+    bincount instead of np.unique's argsort of every pixel."""
+    top = int(flat.max(initial=-1))
+    if top < 4 * flat.size + 64:
+        codes = flat.astype(np.int64) + 1
+        codes[codes < 0] = 0  # any negative id means "no label"
+    else:  # huge ids (a user's instance ids): densify by sorting, as before
+        ids, inverse = np.unique(flat, return_inverse=True)
+        codes = np.where(ids[inverse] >= 0, inverse + 1, 0).astype(np.int64)
+    areas = np.bincount(codes)
+    return codes, np.flatnonzero(areas[1:]) + 1, areas
+
+
 def iou_with_label_maps(gt: np.ndarray, label_maps: LabelMaps) -> np.ndarray:
     """Equals `mask_iou_matrix(gt, proposals_from_labels(label_maps))` without materialising the
     255 full-resolution proposals: a label map is a partition, so a ground-truth mask's intersection
@@ -71,14 +86,12 @@ def iou_with_label_maps(gt: np.ndarray, label_maps: LabelMaps) -> np.ndarray:
     gt_area = gt_flat.sum(1).astype(np.float64)
     columns = []
     for lab in _maps(label_maps):
-        flat = lab.reshape(-1)
-        valid = flat >= 0
-        ids, dense = np.unique(flat[valid], return_inverse=True)  # label → 0..n−1
-        if ids.size == 0:
+        codes, kept, areas = _segment_codes(lab.reshape(-1))
+        if kept.size == 0:
             continue
-        seg_area = np.bincount(dense, minlength=ids.size).astype(np.float64)
-        inter = np.array([np.bincount(dense[g[valid]], minlength=ids.size) for g in gt_flat],
-                         dtype=np.float64).reshape(len(gt_flat), ids.size)
+        seg_area = areas[kept].astype(np.float64)
+        inter = np.array([np.bincount(codes[g], minlength=areas.size)[kept] for g in gt_flat],
+                         dtype=np.float64).reshape(len(gt_flat), kept.size)
         union = gt_area[:, None] + seg_area[None, :] - inter
         columns.append(np.divide(inter, union, out=np.zeros_like(union), where=union > 0))
     return np.concatenate(columns, axis=1) if columns else np.zeros((len(gt), 0))

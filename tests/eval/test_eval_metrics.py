@@ -177,3 +177,17 @@ def test_empty_inputs():
     assert metrics.best_overlap(np.zeros((2, 0))).tolist() == [0.0, 0.0]
     merged, cats = metrics.merge_by_category(np.zeros((0, 3, 3), bool), np.zeros(0, np.int64))
     assert merged.shape == (0, 3, 3) and cats.size == 0
+
+
+@pytest.mark.parametrize("offset", [0, 10**9])
+def test_iou_with_label_maps_equals_the_proposal_matrix_for_any_ids(offset):
+    """Small ids take the bincount path, huge ids (a user's instance ids) the sorting one; any
+    negative id is unlabelled. Both must equal the IoU of the materialised proposals."""
+    rng = np.random.default_rng(7)
+    gt = rng.random((5, 23, 17)) < 0.3
+    labels = [rng.integers(0, k, (23, 17)) * 3 + offset for k in (1, 3, 9)]  # gaps between ids
+    labels[1][:4] = -1
+    labels[2][5:9] = -7
+    labels.append(np.full((23, 17), -1))  # a map with no label at all adds no column
+    oracle = metrics.mask_iou_matrix(gt, metrics.proposals_from_labels(labels))
+    np.testing.assert_allclose(metrics.iou_with_label_maps(gt, labels), oracle, rtol=1e-12, atol=1e-12)
