@@ -10,6 +10,8 @@ then times training steps with `benchmarks/step_time.time_steps` (forward + back
 EMA, median over --steps) and profiles one more: the target's forward on the raw view
 (discovery_forward), k-means, mask alignment, pooling + heads and the loss are its discorep/ scopes;
 "backbone forward" is the rest of the forward (online encoder on both views, target on both views).
+--flops counts one step's FLOPs and prints the rate the encoders' phases reached: against the CPU's
+peak (cores x FMA lanes x 2 x clock) it says how much a faster kernel could still give.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from discorep.engine import builders
 from discorep.engine.config import Config
 from discorep.engine.configio import load_config
 from discorep.engine.distributed import DistInfo
+from discorep.methods import build_method
+from discorep.methods.base import StepInfo
 
 ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 SCOPES = ("discovery_forward", "kmeans", "align", "pool_heads", "loss")
@@ -46,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=192, help="side of the generated scenes (the demo's)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--hotspots", type=int, default=0, metavar="N", help="also list the N costliest ops")
+    p.add_argument("--flops", action="store_true",
+                   help="also count one step's FLOPs (forward + backward, torch's FlopCounterMode) and print "
+                        "the convolutions' achieved GFLOP/s: how close the step is to the CPU's FMA peak")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value), as for discorep pretrain")
     return p
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         slic_ms = (time.perf_counter() - tic) * 1e3 / len(dataset)
         batches, data_s = time_data(cfg, dist, n_batches)
         r = time_steps(cfg, batches, device, args.warmup, args.hotspots)
+        flops = count_step_flops(cfg, batches[0], device) if args.flops else None
     phases = {k: round(r["phases_ms"].get(k, 0.0), 1) for k in SCOPES}
     profiled_fwd = r["profiled_step_ms"] - r["phases_ms"].get("backward_optimizer", 0.0)
     result = {
@@ -89,10 +97,35 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.hotspots:
         result["hotspots"] = r["hotspots"]
+    if flops is not None:
+        conv_ms = result["profiled_step"]["backbone_forward"] + result["profiled_step"]["discovery_forward"] + \
+            result["profiled_step"]["backward_optimizer"]
+        result["gflop_per_step"] = {k: v / 1e9 for k, v in flops.items()}
+        # The encoders' forward + backward are nearly all of the FLOPs and of those phases' time.
+        result["encoder_gflop_per_s"] = flops["convolution"] / 1e9 / (conv_ms / 1e3)
     report(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def count_step_flops(cfg: Config, batch: dict, device: torch.device) -> dict[str, float]:
+    """FLOPs of one training step's forward + backward (torch's FlopCounterMode, 2 per multiply-add),
+    split into convolutions (their backward included) and the rest (matmuls of the heads, k-means)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    method = build_method(cfg).to(device)
+    if cfg.model.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    method.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = method(builders.to_device(batch, device), StepInfo(step=0, epoch=0.0,
+                                                                      total_epochs=cfg.train.epochs, seed=0))
+        loss.backward()
+    per_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    conv = sum(n for op, n in per_op.items() if "convolution" in op)
+    return {"total": float(sum(per_op.values())), "convolution": float(conv)}
 
 
 def report(r: dict) -> None:
@@ -105,6 +138,10 @@ def report(r: dict) -> None:
     print("  profiled step (ms): " + ", ".join(f"{k} {v}" for k, v in r["profiled_step"].items()))
     print(f"  data, in process: {r['data_ms_per_batch_in_process']:.0f} ms per batch; "
           f"SLIC prior (cache build): {r['slic_prior_ms_per_image']:.1f} ms per image, once")
+    if "gflop_per_step" in r:
+        g = r["gflop_per_step"]
+        print(f"  FLOPs per step: {g['total']:.1f} GFLOP ({g['convolution']:.1f} in convolutions); the encoders' "
+              f"forward + backward phases ran at {r['encoder_gflop_per_s']:.0f} GFLOP/s")
     for h in r.get("hotspots", []):
         print(f"    {h}")
 
