@@ -65,8 +65,8 @@ def proposals_from_labels(label_maps: LabelMaps) -> np.ndarray:
 
 def _segment_codes(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codes, kept, areas): codes 0 for unlabelled pixels and 1.. for labels, `kept` the codes
-    present in ascending label order, `areas` the pixel count of each code. Small label ids (every discovered map) are shifted, not sorted: one
-    bincount instead of np.unique's argsort of every pixel."""
+    present in ascending label order, `areas` the pixel count of each code. Small label ids (every
+    discovered map) are shifted, not sorted: one bincount instead of np.unique's argsort of every pixel."""
     top = int(flat.max(initial=-1))
     if top < 4 * flat.size + 64:
         codes = flat.astype(np.int64) + 1

@@ -62,7 +62,9 @@ def _random_backbone(spec: str) -> tuple[OrderedDict[str, Tensor], str, str]:
     from discorep.eval.backbone import load_model
 
     model = load_model(spec)
-    return OrderedDict(model.encoder.backbone.state_dict()), model.arch, model.model_config.get("norm", "bn")
+    # Plain contiguous tensors, as a checkpoint's: eval's CPU model is channels-last (strides only).
+    weights = OrderedDict((k, v.contiguous()) for k, v in model.encoder.backbone.state_dict().items())
+    return weights, model.arch, model.model_config.get("norm", "bn")
 
 
 def online_backbone(checkpoint: str | os.PathLike) -> tuple[OrderedDict[str, Tensor], str, str]:

@@ -219,3 +219,18 @@ def test_any_timm_arch_exports_to_timm_and_loads_strictly(tmp_path, arch):
         assert torch.equal(c5, enc(x)["c5"])
     with pytest.raises(ValueError, match=f"{arch}.*--to timm"):
         export_backbone(checkpoint=ckpt, to="mmseg", out=tmp_path / "x.pth")
+
+
+def test_random_export_writes_plain_contiguous_weights_equal_to_the_eval_baseline(tmp_path):
+    """`random:<arch>` goes through eval's loader, whose CPU model is channels-last: the file must still
+    hold ordinary contiguous tensors (what a checkpoint's export writes), with the baseline's values."""
+    from discorep.eval.backbone import load_model
+
+    out = export_backbone(checkpoint="random:resnet18", to="torchvision", out=tmp_path / "r.pth")
+    weights = torch.load(out, map_location="cpu", weights_only=True)
+    weights = weights.get("state_dict", weights) if isinstance(weights, dict) else weights
+    baseline = load_model("random:resnet18").encoder.backbone.state_dict()
+    convs = [k for k, v in weights.items() if v.dim() == 4]
+    assert convs and all(weights[k].is_contiguous() for k in convs)
+    for k in convs:
+        torch.testing.assert_close(weights[k], baseline[k], rtol=0, atol=0)
