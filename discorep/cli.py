@@ -112,6 +112,9 @@ def _check_model_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
+    from discorep.omp import prefer_passive_waits
+
+    prefer_passive_waits()  # before torch loads: the writer and superpixel threads share the cores (omp.py)
     _check_model_args(args)
     A.check_input_dir(args.images, "--images")
     A.check_writable_dir(args.out, "--out")

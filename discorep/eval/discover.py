@@ -28,8 +28,10 @@ Output layout (under `out/`), mirroring the input folder so that names are uniqu
 Every file is written under a temporary name and renamed, the npz last: an interrupted or failed run
 (Ctrl-C, a full disk) leaves only complete outputs, and the same command run again skips the images
 whose npz exists when `discover.json` records the same settings, so it continues where it stopped.
-The outputs are written on one background thread while the next batches are computed (in order, at
-most `WRITE_AHEAD_BATCHES` behind; the first failed write stops the run, as it did inline).
+The main thread only decodes and encodes: a batch's superpixels and then its clustering (k-means, or the
+refinement's pooling, k-means and painting) run on one worker thread while the next batch is decoded and
+encoded, and the outputs are written on one background writer thread (in order, at most
+`WRITE_AHEAD_BATCHES` behind; the first failure, clustering's or writing's, stops the run as it did inline).
 
 Seeds are per image, derived from `seed` and a hash of the image's relative path, so an image's
 segmentation depends neither on the batch size nor on which other images are in the folder.
@@ -61,7 +63,8 @@ from discorep.eval.background import BackgroundWriter
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
 from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine, start_superpixels
-from discorep.eval.segment import parse_ks, prepare, segment_batch, upsample_nearest
+from discorep.discovery.random import image_seeds
+from discorep.eval.segment import cluster_batch, encode_batch, parse_ks, prepare, upsample_nearest
 from discorep.viz import overlay
 
 log = logging.getLogger(__name__)
@@ -191,7 +194,7 @@ def _savez_fast(f, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _log_clamping(ks: list[int], grid: tuple[int, int]) -> list[int]:
-    """Say once which K exceed the number of grid points (segment_batch clamps them)."""
+    """Say once which K exceed the number of grid points (cluster_batch clamps them)."""
     points = grid[0] * grid[1]
     clamped = [k for k in ks if k > points]
     if clamped:
@@ -237,24 +240,24 @@ def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, 
     """Segment and write every job, counting into `counts` (and each image's superpixel count into
     `regions` when refining); returns the feature grid (None if nothing ran)."""
     grid = None
-    # Writes run on one background thread while the next batches are decoded, encoded and clustered,
-    # at most WRITE_AHEAD_BATCHES behind (eval/background.py: same order, first error stops, exact count).
+    # Writes run on one background thread while the next batches are decoded and encoded, at most
+    # WRITE_AHEAD_BATCHES behind (eval/background.py: same order, first error stops, exact count).
     writer = BackgroundWriter(max_pending=WRITE_AHEAD_BATCHES * batch_size)
-    # A batch's superpixels are computed on this thread while the main thread encodes the batch.
-    superpixels = ThreadPoolExecutor(max_workers=1, thread_name_prefix="superpixels")
+    # A batch's superpixels, then its clustering, run on this thread while the main thread encodes the next.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discover-cluster")
     try:
         with tqdm(total=len(jobs), desc="discover", unit="img", disable=None) as bar:
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start:start + batch_size]
                 chunk_grid = _segment_chunk(model, chunk, out, settings, cluster_ks, skipped, refiner, regions,
-                                            writer, superpixels)
+                                            writer, worker)
                 if grid is None and chunk_grid is not None:
                     grid = chunk_grid
                     _log_clamping(settings["ks"], grid)
                 bar.update(len(chunk))
             writer.drain()
     finally:
-        superpixels.shutdown(cancel_futures=True)
+        worker.shutdown(cancel_futures=True)
         writer.close()  # after an error: skip the queued writes, wait for the running one
         counts["written"] += writer.written
     return grid
@@ -262,22 +265,37 @@ def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, 
 
 def _segment_chunk(model: EvalModel, chunk: list[_Job], out: Path, settings: dict, cluster_ks: list[int],
                    skipped: list[tuple[_Job, str]], refiner: Refine, regions: list[int],
-                   writer: BackgroundWriter, superpixels: ThreadPoolExecutor) -> tuple[int, int] | None:
-    """Decode and segment one batch and queue its writes; returns its feature grid (None when no image
-    was readable or when refining, whose labels are per pixel)."""
+                   writer: BackgroundWriter, worker: ThreadPoolExecutor) -> tuple[int, int] | None:
+    """Decode and encode one batch, queue its clustering on `worker` and its writes on `writer`; returns its
+    feature grid (None when no image was readable or when refining, whose labels are per pixel)."""
     kept, pics, tensors = _load_batch(chunk, settings["size"], skipped)
     if not kept:
         return None
-    ids = torch.tensor([j.image_id for j in kept], dtype=torch.int64)
     images = torch.stack(tensors)
-    maps = start_superpixels(superpixels, images, refiner) if refiner.active else None
-    labels = segment_batch(model, images, cluster_ks, settings["features"], seed=settings["seed"],
-                           image_ids=ids, refine=refiner, padding=settings["padding"], regions_out=regions,
-                           superpixels=maps)
+    maps = start_superpixels(worker, images, refiner) if refiner.active else None
+    feats = encode_batch(model, images, settings["features"], settings["padding"])
+    seeds = image_seeds(settings["seed"], torch.tensor([j.image_id for j in kept], dtype=torch.int64).to(feats.device))
+    # Queued behind this batch's superpixels on the one worker, so they are done when it starts.
+    labels = worker.submit(_cluster, feats, images, cluster_ks, seeds, refiner, maps, regions)
     for b, (job, img) in enumerate(zip(kept, pics)):
-        writer.submit(_write_outputs, out, job, img, {k: v[b] for k, v in labels.items()}, settings["ks"],
-                      settings["overlay_k"])
-    return None if refiner.active else tuple(labels[cluster_ks[0]].shape[1:])
+        writer.submit(_write_clustered, out, job, img, labels, b, settings["ks"], settings["overlay_k"])
+    return None if refiner.active else tuple(feats.shape[-2:])
+
+
+def _cluster(feats: torch.Tensor, images: torch.Tensor, ks: list[int], seeds: torch.Tensor, refiner: Refine,
+             maps, regions: list[int]) -> dict[int, torch.Tensor]:
+    """On the worker thread: one batch's labels for every K (`cluster_batch`); its superpixel counts are
+    appended to `regions` (one worker: in batch order)."""
+    labels, counts = cluster_batch(feats, images, ks, seeds, refine=refiner, superpixels=maps)
+    regions.extend(counts)
+    return labels
+
+
+def _write_clustered(out: Path, job: _Job, img: Image.Image, labels, b: int, ks: list[int],
+                     overlay_k: int) -> None:
+    """On the writer thread: image `b`'s outputs once its batch's clustering (a Future) is done; a failed
+    clustering fails this write, which stops the run."""
+    _write_outputs(out, job, img, {k: v[b] for k, v in labels.result().items()}, ks, overlay_k)
 
 
 def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: str = "1,2,4,8,16,32,64,128",

@@ -88,22 +88,38 @@ def segment_batch(model: EvalModel, images: Tensor, ks: Sequence[int], features:
     With an active `refine` the labels are (B, S, S) instead, painted per superpixel region, and the
     number of regions of each image is appended to `regions_out` when given; `superpixels` are the
     images' superpixels already under way (`refine.start_superpixels`), so they overlap the forward.
+    `encode_batch` then `cluster_batch`, which callers may also run apart (discover clusters on a thread).
     """
+    feats = encode_batch(model, images, features, padding)
+    ids = torch.arange(len(images)) if image_ids is None else image_ids
+    labels, counts = cluster_batch(feats, images, ks, image_seeds(seed, ids.to(feats.device)), iters=iters,
+                                   refine=refine, superpixels=superpixels)
+    if regions_out is not None:
+        regions_out.extend(counts)
+    return labels
+
+
+@torch.no_grad()
+def encode_batch(model: EvalModel, images: Tensor, features: str = "c5", padding: str = "zeros") -> Tensor:
+    """images: (B, 3, S, S) in [0, 1] → (B, D, h, w) dense features on the model's device."""
     device = next(model.encoder.parameters()).device
     with conv_padding(model.encoder, padding):
-        feats = dense_features(model, normalize_images(images.to(device)), features, project="fpn")
-    B, D, h, w = feats.shape
-    ids = torch.arange(B) if image_ids is None else image_ids
-    seeds = image_seeds(seed, ids.to(device))
+        return dense_features(model, normalize_images(images.to(device)), features, project="fpn")
+
+
+@torch.no_grad()  # grad mode is per thread: this may run on a worker thread
+def cluster_batch(feats: Tensor, images: Tensor, ks: Sequence[int], seeds: Tensor, *, iters: int = 50,
+                  refine: Refine | None = None, superpixels: Future | None = None
+                  ) -> tuple[dict[int, Tensor], list[int]]:
+    """`segment_batch`'s clustering of features `encode_batch` computed: ({K: labels}, regions per image,
+    empty unless refining). `seeds` (B,): one k-means seed per image (`image_seeds`)."""
+    B, _, h, w = feats.shape
     if refine is not None and refine.active:
-        labels, counts = refine_labels(feats, images.to(device), ks, refine, seeds, iters=iters, maps=superpixels)
-        if regions_out is not None:
-            regions_out.extend(counts)
-        return labels
+        return refine_labels(feats, images.to(feats.device), ks, refine, seeds, iters=iters, maps=superpixels)
     points = feats.flatten(2).transpose(1, 2)
     clamped = {k: min(k, h * w) for k in ks}
     results = batched_kmeans_ks(points, list(clamped.values()), seed=seeds, iters=iters)
-    return {k: results[c].labels.view(B, h, w).cpu() for k, c in clamped.items()}
+    return {k: results[c].labels.view(B, h, w).cpu() for k, c in clamped.items()}, []
 
 
 def upsample_nearest(labels: Tensor | np.ndarray, height: int, width: int) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_ctrl_c_during_compute_reports_exactly_the_written_images(tmp_path, monk
     rng = np.random.default_rng(0)
     for i in range(5):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"p{i}.png")
-    real, calls = discover.segment_batch, []
+    real, calls = discover.encode_batch, []
 
     def interrupted_second_batch(*args, **kwargs):
         calls.append(1)
@@ -100,7 +100,7 @@ def test_ctrl_c_during_compute_reports_exactly_the_written_images(tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(discover, "segment_batch", interrupted_second_batch)
+    monkeypatch.setattr(discover, "encode_batch", interrupted_second_batch)
     opts = dict(checkpoint="random:resnet18", images=images, out=tmp_path / "out", ks="2,4", size=64,
                 features="c4", device="cpu", batch_size=2, refine="none")
     with pytest.raises(Interrupted) as caught:
@@ -108,10 +108,37 @@ def test_ctrl_c_during_compute_reports_exactly_the_written_images(tmp_path, monk
     done = _complete_outputs(tmp_path / "out")
     assert f"; {done} of 5 images done" in str(caught.value) and done <= 2
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no half-written file
-    monkeypatch.setattr(discover, "segment_batch", real)
+    monkeypatch.setattr(discover, "encode_batch", real)
     summary = discover.run_discover(**opts)
     assert summary["kept_from_earlier_run"] == done and summary["written"] == 5
 
 
 def _complete_outputs(out: Path) -> int:
     return sum(1 for f in out.glob("*.npz") if f.with_suffix(".png").is_file())
+
+
+def test_a_failed_clustering_stops_the_run_after_the_earlier_batches(tmp_path, monkeypatch):
+    """Clustering runs on discover's worker thread: its failure reaches the caller as itself, the
+    batches before it are written completely and the failed batch's images are not written at all."""
+    import discorep.eval.discover as discover
+
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"p{i}.png")
+    real, calls = discover.cluster_batch, []
+
+    def failing_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("cluster")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(discover, "cluster_batch", failing_second_batch)
+    with pytest.raises(MemoryError, match="cluster"):
+        discover.run_discover(checkpoint="random:resnet18", images=images, out=tmp_path / "out", ks="2,4",
+                              size=64, features="c4", device="cpu", batch_size=2, refine="none")
+    assert sorted(f.stem for f in (tmp_path / "out").glob("*.npz")) == ["p0", "p1"]
+    assert _complete_outputs(tmp_path / "out") == 2
+    assert not list((tmp_path / "out").glob(".*.tmp"))
