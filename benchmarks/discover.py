@@ -161,17 +161,23 @@ def _discover(args, images: Path, out: Path, timers: _Timers) -> tuple[float, tu
         timers.restore()
 
 
-def _baseline_in_child(args, images: Path) -> float:
+def _policy() -> str:
+    return os.environ.get(WAIT_POLICY) or "runtime default"
+
+
+def _baseline_in_child(args, images: Path) -> dict:
     """`_forward_only` in a fresh process under the environment this one started with: the OpenMP wait
     policy discover prefers is set for this process only (discorep/omp.py), and the bare forward is
-    measured as a plain script runs it."""
+    measured as a plain script runs it. Returns {"forward_ms", "omp_wait_policy"} (the child's)."""
     env = dict(os.environ)
     if _POLICY_SET_HERE:
         env.pop(WAIT_POLICY, None)
-    cmd = [sys.executable, __file__, "--forward-baseline", str(images), "--arch", args.arch, "--size", str(args.size),
-           "--batch", str(args.batch), "--features", args.features, "--threads", str(args.threads)]
+    # --omp-runtime-default: the child must not set the policy this process set for discover.
+    cmd = [sys.executable, __file__, "--forward-baseline", str(images), "--omp-runtime-default", "--arch", args.arch,
+           "--size", str(args.size), "--batch", str(args.batch), "--features", args.features,
+           "--threads", str(args.threads)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["forward_ms"])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,8 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(f"random:{args.arch}")
         model.encoder.eval()
         ms = _forward_only(model, list_images(Path(args.forward_baseline)), args.size, args.batch, args.features)
-        print(json.dumps({"forward_ms": ms}))
-        return {"forward_ms": ms}
+        child = {"forward_ms": ms, "omp_wait_policy": _policy(), "threads": torch.get_num_threads()}
+        print(json.dumps(child))
+        return child
     h, w = (int(v) for v in args.image_size.lower().split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
         for p in paths[:args.batch]:  # one untimed batch: first-call costs of every stage
             (warm / p.name).write_bytes(p.read_bytes())
         _discover(args, warm, root / "warm_out", _Timers())
-        forward_ms = _baseline_in_child(args, images)
+        baseline = _baseline_in_child(args, images)
+        forward_ms = baseline["forward_ms"]
         timers = _Timers()
         total_ms, main_thread = _discover(args, images, root / "out", timers)
     n = len(paths)
@@ -210,12 +218,13 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": {"command": "python benchmarks/discover.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                         "torch": torch.__version__, "threads": torch.get_num_threads(),
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                        "omp_wait_policy": os.environ.get(WAIT_POLICY) or "runtime default"},
+                        "omp_wait_policy": _policy()},
         "images": n, "image_size": [h, w], "size": args.size, "ks": args.ks, "features": args.features,
         "arch": args.arch, "batch": args.batch, "refine": args.refine,
         "discover": {"ms": round(total_ms, 1), "images_per_s": discover_ips, "stages_ms": stages,
                      "overlapped_ms": overlapped},
-        "forward": {"ms": round(forward_ms, 1), "images_per_s": forward_ips},
+        "forward": {"ms": round(forward_ms, 1), "images_per_s": forward_ips,
+                    "omp_wait_policy": baseline["omp_wait_policy"], "threads": baseline["threads"]},
         "ratio": discover_ips / forward_ips, "target": TARGET,
     }
     result["meets_target"] = result["ratio"] >= TARGET
@@ -231,7 +240,8 @@ def report(r: dict) -> None:
           f"threads, {r['environment']['cpu_capability']}, OMP_WAIT_POLICY {r['environment'].get('omp_wait_policy')})")
     print(f"{r['arch']} at {r['size']} px, {r['features']}, K={r['ks']}, batch {r['batch']}, {r['images']} images "
           f"of {r['image_size'][0]}x{r['image_size'][1]}, refine={r['refine']}")
-    print(f"  bare forward : {f['ms']:9.1f} ms  {f['images_per_s']:7.2f} images/s")
+    print(f"  bare forward : {f['ms']:9.1f} ms  {f['images_per_s']:7.2f} images/s  (own process, "
+          f"OMP_WAIT_POLICY {f.get('omp_wait_policy')}, {f.get('threads')} threads)")
     print(f"  discover     : {d['ms']:9.1f} ms  {d['images_per_s']:7.2f} images/s  "
           f"= {r['ratio']:.2f} of the forward (target {r['target']:.2f})")
     print("  main thread (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in d["stages_ms"].items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -214,6 +215,8 @@ def test_discover_benchmark_reports_ratio_to_the_forward_and_its_stages(tmp_path
     assert sum(stages[s] for s in (*STAGES, "other")) == pytest.approx(d["ms"], abs=0.5)
     assert d["images_per_s"] == pytest.approx(3 / (d["ms"] - stages["load_model"]) * 1000, rel=1e-2)
     assert written["ratio"] == pytest.approx(d["images_per_s"] / f["images_per_s"])
+    # The baseline ran in its own process under this environment's policy, never the one discover prefers.
+    assert f["omp_wait_policy"] == (os.environ.get("OMP_WAIT_POLICY") or "runtime default") and f["threads"] == 1
     assert written["meets_target"] == (written["ratio"] >= TARGET)
     assert returned["ratio"] == written["ratio"]
 
