@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.step_time import time_data, time_steps
+from benchmarks.step_time import build_timed_method, time_data, time_steps
 from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine import builders
 from discorep.engine.config import Config
@@ -114,10 +114,7 @@ def count_step_flops(cfg: Config, batch: dict, device: torch.device) -> dict[str
     split into convolutions (their backward included) and the rest (matmuls of the heads, k-means)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    method = build_method(cfg).to(device)
-    if cfg.model.channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    method.train()
+    method = build_timed_method(cfg, device)
     counter = FlopCounterMode(display=False)
     with counter:
         loss, _ = method(builders.to_device(batch, device), StepInfo(step=0, epoch=0.0,

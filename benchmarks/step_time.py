@@ -176,14 +176,20 @@ def _hotspots(prof, n: int) -> list[dict]:
     return [{"op": op, "where": where, "self_cpu_ms": ms, "calls": calls} for (op, where), (ms, calls) in top]
 
 
-def time_steps(cfg: Config, batches: list[dict], device: torch.device, warmup: int, hotspots: int = 0) -> dict:
-    """Forward + backward + optimizer + EMA on each batch; the last batch is a separate profiled step."""
-    torch.manual_seed(0)
+def build_timed_method(cfg: Config, device: torch.device):
+    """The method as every timing here builds it: on `device`, channels-last when the config says so,
+    in training mode."""
     method = build_method(cfg).to(device)
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    return method.train()
+
+
+def time_steps(cfg: Config, batches: list[dict], device: torch.device, warmup: int, hotspots: int = 0) -> dict:
+    """Forward + backward + optimizer + EMA on each batch; the last batch is a separate profiled step."""
+    torch.manual_seed(0)
+    method = build_timed_method(cfg, device)
     builders.compile_encoders(method, cfg.model.compile, device)  # compiles during the warmup steps
-    method.train()
     opt = builders.build_optimizer_for(cfg, method.trained_modules())
     dtype = {"bf16": torch.bfloat16, "fp32": None}[cfg.train.precision]
     if getattr(method, "cache", None) is not None:

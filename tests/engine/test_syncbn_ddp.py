@@ -31,7 +31,6 @@ from discorep.methods.odin import Odin
 from tests.distributed_tools import cpu_syncbn
 from tests.helpers import free_port, part, tiny_config
 
-_odin_segment = Odin.segment  # the real one, for the grid's shape
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # the paper-scale SyncBN path; test_ddp.py stays fast
 
@@ -45,8 +44,9 @@ def per_image_masks(self, batch, info, K):
 
 def per_image_segments(self, images, seed):
     """Odin's segments from each image alone: its grey levels on the feature grid in K equal bins (the
-    grid's shape from the real discovery, whose labels are dropped)."""
-    h, w = _odin_segment(self, images, seed).shape[-2:]
+    grid: the image size over the discovery features' stride, as Odin's own k-means would label)."""
+    stride = self.cfg.model.strides()[self.cfg.method.discovery_features]
+    h, w = images.shape[-2] // stride, images.shape[-1] // stride
     grey = F.adaptive_avg_pool2d(images.mean(1, keepdim=True), (h, w))[:, 0]
     lo, hi = grey.amin((1, 2), keepdim=True), grey.amax((1, 2), keepdim=True)
     K = self.cfg.method.K
