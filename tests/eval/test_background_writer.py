@@ -87,20 +87,9 @@ def test_ctrl_c_during_compute_reports_exactly_the_written_images(tmp_path, monk
     complete outputs on disk, and the rerun finishes the rest."""
     import discorep.eval.discover as discover
 
-    images = tmp_path / "in"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"p{i}.png")
-    real, calls = discover.encode_batch, []
-
-    def interrupted_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(discover, "encode_batch", interrupted_second_batch)
+    images = _noise_images(tmp_path / "in", 5)
+    real = discover.encode_batch
+    monkeypatch.setattr(discover, "encode_batch", _failing_second_call(real, KeyboardInterrupt()))
     opts = dict(checkpoint="random:resnet18", images=images, out=tmp_path / "out", ks="2,4", size=64,
                 features="c4", device="cpu", batch_size=2, refine="none")
     with pytest.raises(Interrupted) as caught:
@@ -117,25 +106,34 @@ def _complete_outputs(out: Path) -> int:
     return sum(1 for f in out.glob("*.npz") if f.with_suffix(".png").is_file())
 
 
+def _noise_images(folder: Path, n: int) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def _failing_second_call(real, err: BaseException):
+    """`real`, except that its second call (discover's second batch) raises `err`."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise err
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
 def test_a_failed_clustering_stops_the_run_after_the_earlier_batches(tmp_path, monkeypatch):
     """Clustering runs on discover's worker thread: its failure reaches the caller as itself, the
     batches before it are written completely and the failed batch's images are not written at all."""
     import discorep.eval.discover as discover
 
-    images = tmp_path / "in"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"p{i}.png")
-    real, calls = discover.cluster_batch, []
-
-    def failing_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise MemoryError("cluster")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(discover, "cluster_batch", failing_second_batch)
+    images = _noise_images(tmp_path / "in", 6)
+    monkeypatch.setattr(discover, "cluster_batch", _failing_second_call(discover.cluster_batch, MemoryError("cluster")))
     with pytest.raises(MemoryError, match="cluster"):
         discover.run_discover(checkpoint="random:resnet18", images=images, out=tmp_path / "out", ks="2,4",
                               size=64, features="c4", device="cpu", batch_size=2, refine="none")
