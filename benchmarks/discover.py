@@ -41,10 +41,9 @@ from discorep.omp import WAIT_POLICY, prefer_passive_waits  # noqa: E402  (no to
 
 # As `discorep discover` does, before torch loads (discorep/omp.py); `--omp-runtime-default` measures
 # discover under the OpenMP runtime's own policy instead (read here: the flag must act before torch loads).
-_POLICY_SET_HERE = (WAIT_POLICY not in os.environ and "torch" not in sys.modules
-                    and "--omp-runtime-default" not in sys.argv)
-if _POLICY_SET_HERE:
-    prefer_passive_waits()
+# True when this process set it (no user policy, torch not loaded yet): the baseline's child then drops it.
+_POLICY_SET_HERE = ("--omp-runtime-default" not in sys.argv and WAIT_POLICY not in os.environ
+                    and prefer_passive_waits() is not None)
 
 import torch  # noqa: E402
 

@@ -57,13 +57,13 @@ from tqdm import tqdm
 
 from discorep.checkpoint import CheckpointError
 from discorep.data.images import BadImageError, DatasetError, list_images, load_rgb
+from discorep.discovery.random import image_seeds
 from discorep.errors import Interrupted, UsageError
 from discorep.fileio import atomic_write
 from discorep.eval.background import BackgroundWriter
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
 from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine, start_superpixels
-from discorep.discovery.random import image_seeds
 from discorep.eval.segment import cluster_batch, encode_batch, parse_ks, prepare, upsample_nearest
 from discorep.viz import overlay
 
