@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all venv clean reliability
+.PHONY: demo test test-slow test-all test-avx2 venv clean reliability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -33,6 +33,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast tier again with AVX2 kernels only (PyTorch's, oneDNN's, MKL's), as an AVX2-only CPU runs it: a
+# test that compares floats bit-exactly across kernels fails here (docs/testing.md, "Floats and exactness").
+test-avx2: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -q -m "not slow"
 
 # The reliability suite alone; rewrites its results table in docs/reliability_results.md.
 reliability: $(STAMP)

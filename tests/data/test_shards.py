@@ -150,8 +150,10 @@ def test_ranks_workers_and_resume_split_the_shards_like_a_folder(shards):
     in_process = batches(0, workers=0)
     resumed = batches(0, workers=2, start=3)  # a run resumed at step 3 sees the rest unchanged
     for got, want in zip(rank0 + resumed, in_process + in_process[3:], strict=True):
-        for key in ("index", "view1", "view2", "box1", "span_box", "prior"):
+        for key in ("index", "box1", "span_box", "prior"):  # ids, integer boxes, label maps: exact
             assert torch.equal(got[key], want[key]), key
+        for key in ("view1", "view2"):  # pixels made by float kernels on 1 thread (a worker) or several
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-5, msg=key)
 
 
 def test_bad_files_are_skipped_and_listed(tmp_path, capsys):

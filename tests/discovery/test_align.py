@@ -13,6 +13,7 @@ from torchvision.transforms import InterpolationMode
 from discorep.data.views import ViewConfig, ViewSampler, crop_to_view
 from discorep.discovery.align import (AlignedMasks, AlignInputError, LabelIdError, align_masks, align_masks_views,
                                       hard_masks)
+from tests.float_criteria import assert_equal_except_near_ties
 from tests.oracles import align_onehot_views, labels_to_onehot
 
 # 4x4 label map; grid 2 over the whole map makes each cell exactly 2x2 label pixels.
@@ -127,7 +128,10 @@ def test_label_alignment_equals_roi_align_on_the_one_hot(case):
     want = align_onehot_views(labels_to_onehot(labels, M), frames, views, flips, grid, min_cells=0.3)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.soft, b.soft, atol=2e-6, rtol=0)
-        assert torch.equal(a.present, b.present)
+        # present thresholds a float sum that the two paths round differently: equal except where the
+        # oracle's sum lies within the soft tolerance, summed over the grid, of min_cells.
+        tie = 2e-6 * grid[0] * grid[1]
+        assert_equal_except_near_ties(a.present, b.present, (b.soft.sum((-2, -1)) - 0.3).abs(), tie, "present")
     assert all(a.soft.sum() > 0 for a in got)
 
 

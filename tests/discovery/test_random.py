@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from discorep.discovery.kmeans import batched_kmeans
 from discorep.discovery.pooling import sample_mask_ids
 from discorep.discovery.random import image_seeds, uniform
+from tests.float_criteria import assert_equal_except_near_ties, nearest_gap
 
 
 def test_uniform_streams_are_uniform_and_independent_of_other_rows():
@@ -28,11 +31,15 @@ def test_kmeans_per_image_seeds_make_results_batch_independent():
     seeds = image_seeds(11, torch.arange(6))
     full = batched_kmeans(x, 5, seed=seeds, iters=20)
     split = [batched_kmeans(x[i:i + 2], 5, seed=seeds[i:i + 2], iters=20) for i in (0, 2, 4)]
-    assert torch.equal(full.labels, torch.cat([r.labels for r in split]))
+    # Other batch sizes may reach other matmul kernels: equal labels except at near-tie points.
+    gap = nearest_gap(F.normalize(x, dim=-1), full.centroids)
+    assert_equal_except_near_ties(torch.cat([r.labels for r in split]), full.labels, gap)
     torch.testing.assert_close(full.inertia, torch.cat([r.inertia for r in split]))
     # ... whereas a single generator for the batch would not be (shows the test can fail).
-    shared = [batched_kmeans(x[i:i + 2], 5, seed=1, iters=20) for i in (0, 2, 4)]
-    assert not torch.equal(batched_kmeans(x, 5, seed=1, iters=20).labels, torch.cat([r.labels for r in shared]))
+    shared = torch.cat([batched_kmeans(x[i:i + 2], 5, seed=1, iters=20).labels for i in (0, 2, 4)])
+    one = batched_kmeans(x, 5, seed=1, iters=20)
+    with pytest.raises(AssertionError, match="not near-ties"):
+        assert_equal_except_near_ties(shared, one.labels, nearest_gap(F.normalize(x, dim=-1), one.centroids))
 
 
 def test_mask_sampling_with_seeds_is_batch_independent_and_only_present():

@@ -15,9 +15,11 @@ from PIL import Image
 from discorep.checkpoint import CheckpointError
 from discorep.cli import main
 from discorep.apps.demodata.scenes import make_scenes
-from discorep.data.images import DatasetError
+from discorep.data.images import DatasetError, load_rgb
 from discorep.eval.backbone import EvalModel
-from discorep.eval.discover import output_names, run_discover
+from discorep.eval.discover import load_model_for_discover, output_names, plan_jobs, run_discover
+from discorep.eval.segment import encode_batch, prepare
+from tests.float_criteria import assert_equal_except_near_ties, match_labels, nearest_gap
 
 ARGS = dict(checkpoint="random:resnet18", size=64, features="c4", overlay_k=None, device="cpu", seed=0,
             refine="none", padding="zeros")  # the plain grid; tests/eval/test_refine.py covers the defaults
@@ -90,13 +92,17 @@ def test_label_counts_bounded_by_k_and_k1_constant(result):
         assert len(np.unique(data["labels_k16"])) > 1  # not degenerate
 
 
+def _cells(h: int, w: int, grid: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The feature-grid row of each pixel row and column of each pixel column (nearest upsampling)."""
+    return (np.floor((np.arange(h) + 0.5) * grid / h).astype(int),
+            np.floor((np.arange(w) + 0.5) * grid / w).astype(int))
+
+
 def test_labels_are_nearest_upsampled_feature_cells(result):
     """Within each block of pixels that nearest upsampling maps to one feature cell, one label."""
     _, out = result
     labels = np.load(out / "scene_000000.npz")["labels_k8"]  # 90x70 from a 4x4 grid: uneven blocks
-    h, w = labels.shape
-    rows = np.floor((np.arange(h) + 0.5) * 4 / h).astype(int)
-    cols = np.floor((np.arange(w) + 0.5) * 4 / w).astype(int)
+    rows, cols = _cells(*labels.shape)
     for i in range(4):
         for j in range(4):
             assert len(np.unique(labels[np.ix_(rows == i, cols == j)])) == 1
@@ -105,13 +111,50 @@ def test_labels_are_nearest_upsampled_feature_cells(result):
     assert np.array_equal(grid[rows][:, cols], labels)
 
 
+def _points_alone(images: Path) -> dict[str, torch.Tensor]:
+    """Each image's c4 grid as k-means sees it (16 L2-normalised points), from a forward of it alone."""
+    model = load_model_for_discover(ARGS["checkpoint"], torch.device("cpu"))
+    points = {}
+    for job in plan_jobs(images, images.parent / "not-an-output"):
+        feats = encode_batch(model, prepare(load_rgb(job.path), ARGS["size"])[None], ARGS["features"], ARGS["padding"])
+        points[job.name] = torch.nn.functional.normalize(feats[0].flatten(1).T, dim=-1)
+    return points
+
+
+def _assert_same_segments(out_a: Path, out_b: Path, points: dict[str, torch.Tensor]) -> None:
+    """Every label map of out_b is out_a's, up to the names of the labels, except at near-tie cells: cells
+    whose two nearest centroids of out_a's clustering (means of the image's own points) are within
+    NEAR_TIE. The K lists are integers: equal."""
+    for f in sorted(out_a.rglob("*.npz")):
+        a, b = np.load(f), np.load(out_b / f.relative_to(out_a))
+        assert a["ks"].tolist() == b["ks"].tolist() and a["k_effective"].tolist() == b["k_effective"].tolist()
+        name = f.relative_to(out_a).with_suffix("").as_posix()
+        rows, cols = _cells(*a["labels_k1"].shape)
+        cell = rows[:, None] * 4 + cols[None, :]  # pixel → grid point index
+        first = [np.argwhere(cell == c)[0] for c in range(16)]
+        for key in (k for k in a.files if k.startswith("labels_k")):
+            grid = np.array([a[key][i, j] for i, j in first])
+            centroids = torch.stack([points[name][torch.from_numpy(grid == g)].mean(0) for g in np.unique(grid)])
+            gap = nearest_gap(points[name], centroids).numpy()
+            assert_equal_except_near_ties(match_labels(a[key], b[key]), a[key], gap[cell], what=f"{name} {key}")
+
+
 def test_batch_size_does_not_change_labels(folder, result, tmp_path):
+    """An image's labels do not depend on its batch neighbours (per-image seeds, no mixing in the forward).
+
+    Not bit-equality: a batch of 4 and one of 1 reach other conv kernels, whose features differ by ~1e-6
+    relative, so a near-tie in the seeding's order can rename clusters (seen on an AVX-512 Xeon:
+    scene_000002's K=16 labels, the same partition) and a near-tie cell could change cluster. Anything
+    else is a batch effect; the same check between two seeds (what seeds taken from batch positions
+    would give) shows it fails on such a difference.
+    """
     _, out4 = result
-    _discover(folder, tmp_path, batch_size=1)
-    for f in out4.rglob("*.npz"):
-        a, b = np.load(f), np.load(tmp_path / f.relative_to(out4))
-        for key in a.files:
-            assert np.array_equal(a[key], b[key]), (f, key)
+    _discover(folder, tmp_path / "b1", batch_size=1)
+    points = _points_alone(folder)
+    _assert_same_segments(out4, tmp_path / "b1", points)
+    _discover(folder, tmp_path / "seed1", seed=1)
+    with pytest.raises(AssertionError, match="not near-ties"):
+        _assert_same_segments(out4, tmp_path / "seed1", points)
 
 
 class _ColourNet(torch.nn.Module):

@@ -16,7 +16,8 @@ from discorep.errors import UsageError
 from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval import refine as refine_mod
 from discorep.eval.refine import Refine, batch_superpixels, region_features, region_vote, superpixels
-from discorep.eval.segment import conv_padding, segment_batch
+from discorep.eval.segment import conv_padding, encode_batch, segment_batch
+from tests.float_criteria import NEAR_TIE, assert_equal_except_near_ties, nearest_gap
 
 
 class _ColourNet(torch.nn.Module):
@@ -51,16 +52,29 @@ def _follows_border(labels: torch.Tensor, band: int = 2) -> bool:
     return bool(other.any()) and not bool((other & inner).any())
 
 
+def _split_gaps(model: EvalModel, img: torch.Tensor, labels: torch.Tensor, features: str, padding: str):
+    """Each cell's gap between its two nearest segment centroids (means of the normalised features that
+    k-means clustered): how clearly a K=2 split separates the cells."""
+    points = F.normalize(encode_batch(model, img, features, padding)[0].flatten(1).T, dim=-1)
+    flat = labels.flatten()
+    return nearest_gap(points, torch.stack([points[flat == c].mean(0) for c in flat.unique()]))
+
+
 @pytest.mark.parametrize("features", ["c4", "c5"])
 def test_uniform_image_zero_padding_makes_a_border_segment_and_replicate_removes_it(features):
-    """The cause (zero padding) measured on a uniform image, then the fix: K=2 no longer follows the border."""
+    """The cause (zero padding) measured on a uniform image, then the fix: K=2 no longer follows the border.
+
+    With replicate padding the features are uniform up to float rounding, and that rounding differs by
+    CPU (with MKL's AVX2 kernels the border cells round otherwise): K=2 then splits by rounding noise, so
+    the fix is asserted as "one segment, or a split whose every cell is a near-tie", not as one segment.
+    """
     model = load_model("random:resnet18")
     img = torch.full((1, 3, 128, 128), 0.5)
     plain = segment_batch(model, img, [2], features, padding="zeros")[2][0]
     assert _follows_border(plain)  # the frame: the extra segment hugs the border
+    assert _split_gaps(model, img, plain, features, "zeros").min() > 100 * NEAR_TIE  # ... and clearly so
     fixed = segment_batch(model, img, [2], features, padding="replicate")[2][0]
-    assert not _follows_border(fixed)
-    assert fixed.unique().numel() == 1  # identical features everywhere: one segment
+    assert fixed.unique().numel() == 1 or _split_gaps(model, img, fixed, features, "replicate").max() < NEAR_TIE
 
 
 def test_conv_padding_is_restored_and_replicate_features_are_uniform():
@@ -131,7 +145,8 @@ def test_batch_superpixels_on_threads_equal_the_sequential_ones(method, monkeypa
 
 def test_refined_labels_do_not_depend_on_the_batch():
     """K above some images' region counts: each image's labels are those it gets alone (K is clamped to
-    the settings' cap, not to the batch's largest region count, so the seeding is the same)."""
+    the settings' cap, not to the batch's largest region count, so the seeding is the same), up to
+    near-tie regions (a batch of 2 and one of 1 may reach other matmul kernels)."""
     stub = EvalModel(_ColourNet(), None, "colour", "colour", {})
     rng = np.random.default_rng(3)
     coarse = rng.integers(0, 255, (4, 4, 3)).repeat(16, 0).repeat(16, 1)  # 16 flat blocks: few regions
@@ -143,8 +158,14 @@ def test_refined_labels_do_not_depend_on_the_batch():
     assert counts[0] < 48 < counts[1] < 128  # K between the two images' counts, and above both
     for b in range(2):
         alone = segment_batch(stub, img[b:b + 1], ks, "c4", image_ids=ids[b:b + 1], refine=refine)
+        regions = torch.from_numpy(batch_superpixels(refine_mod.to_uint8(img[b:b + 1]), refine)[0]).long()
+        pooled, _ = region_features(encode_batch(stub, img[b:b + 1], "c4"), regions[None], counts[b])
+        points = F.normalize(pooled[0], dim=-1)  # one point per region, as k-means sees it
         for k in ks:
-            assert torch.equal(together[k][b], alone[k][0]), (b, k)
+            own = torch.stack([alone[k][0][regions == r][0] for r in range(counts[b])])  # each region's label
+            centroids = torch.stack([points[own == c].mean(0) for c in own.unique()])
+            gap = nearest_gap(points, centroids)[regions]
+            assert_equal_except_near_ties(together[k][b], alone[k][0], gap, what=f"image {b} K={k}")
             assert len(together[k][b].unique()) <= min(k, counts[b])
 
 
