@@ -3,8 +3,9 @@
     python benchmarks/data_pipeline.py                      # the CPU demo's R2O config on 192-px scenes
     python benchmarks/data_pipeline.py --config configs/r2o.yaml --image-size 480 --batch 32
 
-Every sample is what training loads: decode the file, sample the two BYOL views, Odin's spanning view
-and R2O's raw view with their boxes, and read the region prior from the on-disk cache (built once
+Every sample is what training loads: decode the file, sample the two BYOL views and the extra views
+the config's method reads (`needs_views`: R2O's raw view, Odin's spanning view) with their boxes, and
+read the region prior from the on-disk cache (built once
 before timing, as `discorep pretrain` does; its build time is printed too). The loader is the engine's
 own (`engine.builders.build_loader`): `persistent_workers` when workers > 0, `prefetch_factor` 4, pinned
 memory only when the device is CUDA. Images/s are steady-state rates: the first max(1, workers) batches,

@@ -14,6 +14,7 @@ function of (image, seed), which makes training resume-exact and independent of 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ from torchvision.transforms import InterpolationMode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The views a method may ask for besides view1/view2 (`PretrainMethod.needs_views`): "span", Odin's
+# spanning view v0 (with span_box), and "raw", the un-augmented whole image.
+EXTRA_VIEWS = ("span", "raw")
 
 
 @dataclass
@@ -254,13 +258,27 @@ def colour_augment(img: Tensor, p: AugmentParams, cfg: ViewConfig) -> Tensor:
 
 
 class ViewSampler:
-    """Callable: PIL image → the view dict of docs/architecture.md (data.views contract)."""
+    """Callable: PIL image → the view dict of docs/architecture.md (data.views contract).
 
-    def __init__(self, cfg: ViewConfig):
+    `extra` names the views built besides view1/view2 (EXTRA_VIEWS, all by default); one not asked for
+    is neither resized nor normalised nor shipped (at paper sizes the spanning and raw views are 2.5×
+    the bytes of the two views). They draw no random numbers, so view1/view2 do not depend on `extra`.
+    `raw_box` (the whole-image frame of every prior) and `image_size` are always there.
+    """
+
+    def __init__(self, cfg: ViewConfig, extra: Iterable[str] = EXTRA_VIEWS):
         if not isinstance(cfg, ViewConfig):
             raise TypeError(f"ViewSampler needs a ViewConfig, got {type(cfg).__name__}")
         cfg.validate()
         self.cfg = cfg
+        self.extra = frozenset(extra)
+        unknown = sorted(self.extra - set(EXTRA_VIEWS))
+        if unknown:
+            raise ValueError(f"unknown extra views {unknown}; choose among {list(EXTRA_VIEWS)}")
+
+    def adding(self, *views: str) -> ViewSampler:
+        """The same sampler with `views` built too (e.g. the raw view the mask pictures show)."""
+        return ViewSampler(self.cfg, self.extra | set(views))
 
     def _resized(self, image: Tensor, box: tuple[float, float, float, float], size: int, flip: bool) -> Tensor:
         out = crop_to_view(image, box, size, flip, InterpolationMode.BICUBIC)
@@ -287,13 +305,14 @@ class ViewSampler:
             out[f"box{which + 1}"] = torch.tensor(box, dtype=torch.float32)
             out[f"flip{which + 1}"] = torch.tensor(p.flip)
             boxes.append(box)
-        # Odin v0: the smallest crop spanning both views, only cropped and resized.
-        span = (min(boxes[0][0], boxes[1][0]), min(boxes[0][1], boxes[1][1]),
-                max(boxes[0][2], boxes[1][2]), max(boxes[0][3], boxes[1][3]))
-        out["span"] = self._normalise(self._resized(pixels, span, self.cfg.spanning_size, False))
-        out["span_box"] = torch.tensor(span, dtype=torch.float32)
+        if "span" in self.extra:  # Odin v0: the smallest crop spanning both views, only cropped and resized
+            span = (min(boxes[0][0], boxes[1][0]), min(boxes[0][1], boxes[1][1]),
+                    max(boxes[0][2], boxes[1][2]), max(boxes[0][3], boxes[1][3]))
+            out["span"] = self._normalise(self._resized(pixels, span, self.cfg.spanning_size, False))
+            out["span_box"] = torch.tensor(span, dtype=torch.float32)
         whole = (0.0, 0.0, float(width), float(height))
-        out["raw"] = self._normalise(self._resized(pixels, whole, self.cfg.raw_size, False))
+        if "raw" in self.extra:
+            out["raw"] = self._normalise(self._resized(pixels, whole, self.cfg.raw_size, False))
         out["raw_box"] = torch.tensor(whole, dtype=torch.float32)
         out["image_size"] = torch.tensor([height, width], dtype=torch.int64)
         return out

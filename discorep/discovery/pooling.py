@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from discorep.discovery.random import uniform
+from discorep.precision import no_autocast
 
 __all__ = ["mask_pool", "sample_mask_ids", "AREA_EPS"]
 
@@ -22,6 +23,11 @@ def mask_pool(features: Tensor, masks: Tensor) -> Tensor:
     features: (B, C, H, W); masks: (B, M, H, W) soft or hard weights on the same grid (callers align
     masks with `align.align_masks` first). Returns (B, M, C) in the features' dtype. The area is
     clamped to AREA_EPS, so an all-zero mask gives a zero vector, never NaN.
+
+    Sums, areas and the division run in float32 with autocast off, whatever the features' dtype: an
+    fp16 sum over a 56×56 FPN grid overflows once the mean |feature| exceeds 65504 / 3136 ≈ 21, and a
+    bf16 one loses the low bits of every partial sum. The mean itself is bounded by the largest
+    |feature|, so it is returned in the features' own dtype (and its gradient comes back in it too).
     """
     if not isinstance(features, Tensor) or features.dim() != 4:
         raise ValueError(f"features must be (B, C, H, W), got {getattr(features, 'shape', type(features))}")
@@ -35,11 +41,12 @@ def mask_pool(features: Tensor, masks: Tensor) -> Tensor:
                          "(discorep.discovery.align.align_masks)")
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got dtype {features.dtype}")
-    weights = masks.to(features.dtype)
-    # (B, M, HW) @ (B, HW, C): one batched matmul for all masks of all images.
-    summed = torch.bmm(weights.flatten(2), features.flatten(2).transpose(1, 2))
-    area = masks.flatten(2).float().sum(-1).clamp(min=AREA_EPS)  # float32: fp16 areas can overflow
-    return (summed.float() / area.unsqueeze(-1)).to(features.dtype)
+    with no_autocast():  # autocast would run the bmm in fp16/bf16 again
+        weights = masks.flatten(2).float()
+        # (B, M, HW) @ (B, HW, C): one batched matmul for all masks of all images.
+        summed = torch.bmm(weights, features.flatten(2).float().transpose(1, 2))
+        area = weights.sum(-1).clamp(min=AREA_EPS)
+        return (summed / area.unsqueeze(-1)).to(features.dtype)
 
 
 def sample_mask_ids(present: Tensor, num_samples: int, generator: torch.Generator | None = None, *,

@@ -15,6 +15,9 @@ eq. 3 as printed) uses view 2's keys only.
 
 Distributed normalisation: each rank returns (Σ local anchor terms) · world / (global #valid anchors),
 so the gradient DDP averages over ranks equals the single-process gradient on the concatenated batch.
+With `rows` (the per-process batch size, the same on every rank) each rank's images are padded to it
+before the gather and the padding rows gathered as invalid keys, so no rank reads a size back
+(`losses.distributed.gather_padded`); without it the sizes are exchanged and read back first.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discorep.losses.distributed import gather_with_sizes, world_info
+from discorep.losses.distributed import gather_padded, gather_with_sizes, world_info
 from discorep.precision import full_precision
 
 NEGATIVES = ("cross_and_same_view", "cross_view")
@@ -76,16 +79,27 @@ def _direction(pred: Tensor, target_local: Tensor, keys: list[Tensor], neg: Tens
     return (torch.logsumexp(all_logits, dim=1) - pos.reshape(-1)).reshape(pos.shape)
 
 
+def _gather(local: Tensor, rank: int, world: int, rows: int | None) -> tuple[Tensor, int]:
+    """Every rank's (B, M, ·) rows and the index of this rank's first image among them."""
+    if world == 1:
+        return local, 0
+    if rows is not None:  # padding rows carry validity 0: never negatives, never counted
+        return gather_padded(local, rows), rank * rows
+    gathered, sizes = gather_with_sizes(local)
+    return gathered, sum(sizes[:rank])
+
+
 @full_precision  # logits in fp32 under bf16/fp16 autocast (issue 12)
 def contrastive_loss(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Tensor, valid: Tensor, *,
                      temperature: float = 0.1, ids: Tensor | None = None, gather: bool = True,
-                     negatives: str = "cross_and_same_view") -> Tensor:
+                     negatives: str = "cross_and_same_view", rows: int | None = None) -> Tensor:
     """Symmetrised object contrastive loss (Odin eq. 4) on (B, M, D) predictions / targets.
 
     `valid` (B, M) bool marks masks present in both views; `ids` (B, M) are the sampled mask ids.
     `negatives`: "cross_and_same_view" (DetCon's reference) or "cross_view" (module docstring).
     Targets are treated as stop-gradient. With gather=False (or without torch.distributed) negatives
-    come from this process only and the loss is the local mean over valid anchors.
+    come from this process only and the loss is the local mean over valid anchors. `rows`: a bound on
+    every process's B, the same on all (module docstring); the training step passes train.batch_size.
     Returns a float32 scalar; 0 (with a graph) when no anchor is valid.
     """
     _check_inputs(pred1, target2, pred2, target1, valid, ids, temperature)
@@ -96,8 +110,7 @@ def contrastive_loss(pred1: Tensor, target2: Tensor, pred2: Tensor, target1: Ten
     rank, world = world_info() if gather else (0, 1)
     local = torch.cat([target1.detach().float(), target2.detach().float(), valid.float()[..., None]], -1)
     # One collective carries both views' targets and validity (the global anchor count comes with it).
-    gathered, sizes = gather_with_sizes(local) if world > 1 else (local, [b])
-    offset = sum(sizes[:rank])  # index of this rank's first image among the gathered ones
+    gathered, offset = _gather(local, rank, world, rows)
     keys1, keys2 = gathered[..., :d].flatten(0, 1), gathered[..., d:2 * d].flatten(0, 1)
     key_valid = gathered[..., 2 * d] > 0.5
     neg = _negative_mask(key_valid, (b, m), offset, ids)

@@ -1,7 +1,10 @@
 """torch.distributed helpers for losses; every function is the identity when not initialised.
 
-Gathers accept tensors whose first dimension differs between ranks (e.g. a short last batch): shapes
-are exchanged first, tensors padded to the largest, gathered, and the padding dropped again.
+Two gathers for tensors whose first dimension may differ between ranks (a batch with images given up):
+`gather_padded` pads every rank to a bound all ranks know (the per-process batch size) and keeps the
+padding, which the caller marks invalid — no host read-back, so the training step uses it;
+`gather_with_sizes` exchanges the sizes first and reads them back (one host-device sync per call on an
+accelerator), then drops the padding — for callers without such a bound.
 """
 
 from __future__ import annotations
@@ -45,10 +48,7 @@ def _gather_sizes(x: Tensor) -> list[int]:
 
 def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
     """all_gather of `x` (padded along dim 0 to max(sizes)), concatenated with the padding removed."""
-    top = max(sizes)
-    x = x.contiguous()
-    if x.shape[0] < top:
-        x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))])
+    x = _pad_rows(x.contiguous(), max(sizes))
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
@@ -63,6 +63,24 @@ def gather_with_sizes(x: Tensor) -> tuple[Tensor, list[int]]:
     with torch.no_grad():
         sizes = _gather_sizes(x)
         return _gather_padded(x.detach(), sizes), sizes
+
+
+def gather_padded(x: Tensor, rows: int) -> Tensor:
+    """(world·rows, ...) concatenation over ranks without gradient; rank r's rows start at r·rows and
+    its `rows − len(x)` padding rows are zeros. Every rank must pass the same `rows` >= its own len(x)."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < x.shape[0]:
+        raise ValueError(f"rows must be an int >= this rank's {x.shape[0]} rows, got {rows!r}")
+    if not is_distributed():
+        return _pad_rows(x.detach(), rows)
+    with torch.no_grad():
+        x = _pad_rows(x.detach().contiguous(), rows)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))]) if x.shape[0] < rows else x
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:

@@ -77,6 +77,10 @@ class R2O(PretrainMethod):
         hybrid = cfg.method.region_network == "discovery"
         self.discovery = DiscoveryNet(self.online, cfg.method) if hybrid else None
 
+    @classmethod
+    def needs_views(cls, cfg: RunConfig) -> frozenset[str]:
+        return frozenset({"raw"})  # region embeddings from the raw view; no spanning view
+
     def current_K(self, info: StepInfo) -> int:
         m = self.cfg.method
         return k_at(info.epoch, schedule=m.k_schedule, K0=m.K0, K_f=m.K_f, t_alpha=m.t_alpha, T=info.total_epochs)

@@ -19,7 +19,6 @@ def k_at(
     K_f: int = 4,
     t_alpha: float = 40,
     T: float = 300,
-    rounding: Literal["nearest", "floor"] = "nearest",
 ) -> int:
     """Number of k-means clusters at ``epoch`` for R2O's region-to-object curriculum.
 
@@ -31,9 +30,10 @@ def k_at(
       scheduler ablation: 72.2 vs 72.1 mIoU for cosine).
 
     R2O Table 9 compares these curricula: fixed K, object-to-region (``K0 < K_f``, e.g. 4 → 128, the same
-    formula) and region-to-object (128 → 4, the default). Progress is clamped at T, the result rounded
-    (``nearest``; ``floor`` truncates like the public code and reproduces the paper's K = 119 at epoch 100,
-    where ``nearest`` gives 120) and clamped to ``[min(K0, K_f), max(K0, K_f)]``.
+    formula) and region-to-object (128 → 4, the default). Progress is clamped at T, the result truncated
+    to an integer like the public scheduler (``int(k)`` in ``get_num_segments``), which gives the paper's
+    K = 119 at epoch 100 and 74 at epoch 200 (R2O Fig. 5; rounding to nearest would give 120 and 75), and
+    clamped to ``[min(K0, K_f), max(K0, K_f)]``.
     """
     _check(K0 >= 1 and K_f >= 1, f"K0 and K_f must be >= 1, got K0={K0}, K_f={K_f}")
     _check(epoch >= 0, f"epoch must be >= 0, got {epoch}")
@@ -47,12 +47,7 @@ def k_at(
         value = K0 + (K_f - K0) * progress
     else:
         raise ValueError(f"unknown K schedule {schedule!r}; choose 'fixed', 'cosine' or 'linear'")
-    if rounding == "nearest":
-        k = int(math.floor(value + 0.5))
-    elif rounding == "floor":
-        k = int(math.floor(value))
-    else:
-        raise ValueError(f"unknown rounding {rounding!r}; choose 'nearest' or 'floor'")
+    k = int(math.floor(value + 1e-9))  # cos(π/2) ≈ 6e-17: 4 → 128 must end at 128, not 127
     return max(min(K0, K_f), min(max(K0, K_f), k))
 
 

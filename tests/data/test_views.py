@@ -101,6 +101,21 @@ def test_output_contract_types_and_shapes():
     assert out["raw_box"].tolist() == [0.0, 0.0, 90.0, 40.0]
 
 
+@pytest.mark.parametrize("extra", [(), ("span",), ("raw",)])
+def test_extra_views_not_asked_for_are_not_built_and_the_rest_is_unchanged(extra):
+    """Issue 23 item 8: only the views a method reads are built; they draw no random numbers, so the
+    two augmented views are the same whichever extras are built."""
+    image = _image(50, 70, seed=2)
+    full = ViewSampler(ViewConfig(**SMALL))(image, seed=7)
+    out = ViewSampler(ViewConfig(**SMALL), extra)(image, seed=7)
+    assert set(full) - set(out) == {"span", "span_box", "raw"} - set(extra) - ({"span_box"} if "span" in extra else set())
+    for key, value in out.items():
+        assert torch.equal(value, full[key]), key
+    assert ViewSampler(ViewConfig(**SMALL), ()).adding("raw").extra == {"raw"}
+    with pytest.raises(ValueError, match="unknown extra views.*'span', 'raw'"):
+        ViewSampler(ViewConfig(**SMALL), ("spanning",))
+
+
 def test_flip_flag_matches_pixels_span_and_raw():
     image = _image(83, 120, seed=1)
     pixels = _pixels(image)

@@ -58,6 +58,48 @@ def test_mask_pool_gradient_and_low_precision() -> None:
     torch.testing.assert_close(out.float(), mask_pool(f.detach(), masks), rtol=2e-2, atol=2e-2)
 
 
+def _large_fpn_features() -> tuple[torch.Tensor, torch.Tensor]:
+    """Odin's 56×56 FPN grid with |features| ≈ 25 and masks covering most of the view: an fp16 sum
+    reaches 25 · 3136 ≈ 78 400 > 65 504 (fp16's largest value), the mean stays at ≈ 25."""
+    gen = torch.Generator().manual_seed(2)
+    f = 25.0 + torch.rand(2, 8, 56, 56, generator=gen)  # in [25, 26)
+    f[:, 1] *= -1.0  # both signs
+    masks = torch.zeros(2, 3, 56, 56)
+    masks[:, 0, 4:, :] = 1.0  # 52 of 56 rows: 93 % of the view
+    masks[:, 1] = torch.rand(2, 56, 56, generator=gen)  # soft weights over the whole view
+    masks[:, 2, :10, :10] = 1.0  # a small mask: no overflow even in the old code
+    return f, masks
+
+
+@pytest.mark.parametrize("where", ["fp16 tensors", "fp16 autocast", "bf16 tensors"])
+def test_mask_pool_accumulates_in_fp32_on_a_56x56_grid(where: str) -> None:
+    """Issue 23 item 4: summing in fp16 gave inf for features of 25 on a 56×56 grid (bf16: lost bits).
+    The result must be finite and equal the float32 pooling up to the output dtype's rounding, with
+    finite gradients."""
+    f, masks = _large_fpn_features()
+    reference = mask_pool(f, masks)
+    assert reference[:, 0].abs().min() > 24.9  # the means really are ≈ 25
+    if where == "fp16 autocast":
+        x = f.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = mask_pool(x, masks)
+        assert out.dtype == torch.float32  # the features' dtype: autocast does not bring fp16 back
+    else:
+        dtype = torch.float16 if where.startswith("fp16") else torch.bfloat16
+        x = f.to(dtype).requires_grad_(True)
+        out = mask_pool(x, masks.to(dtype))
+        assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    eps = torch.finfo(out.dtype).eps
+    # Inputs rounded to the dtype (rel. eps/2) and the mean rounded once (eps/2): within 2 eps · 26.
+    torch.testing.assert_close(out.float(), reference, rtol=2 * eps, atol=0.0)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # d(Σ_k h_k)/dh[i, j] = Σ_k m_k[i, j] / area_k (the same for every channel).
+    expected = (masks / masks.sum((2, 3), keepdim=True)).sum(1, keepdim=True).expand_as(f)
+    torch.testing.assert_close(x.grad.float(), expected, rtol=2 * eps, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "features, masks, match",
     [

@@ -129,5 +129,43 @@ def test_an_engine_step_reads_back_once(method, scenes, tmp_path):
     batch = _batch(cfg)
     with record_readbacks(host_tensors=(batch["index_host"],)) as sites:
         loss, _, _ = trainer.train_step(batch)
-    assert sites == ["engine/train.py:flags (tolist)"]
+    assert sites == ["engine/agreement.py:exchange_flags (tolist)"]  # the step's flags, loss value included
     assert isinstance(loss, float) and loss == loss
+
+
+def _ddp_pair_loss_worker(rank: int, store: str, out_dir: str) -> None:
+    """One rank of a 2-process DetCon (contrastive) run: the loss of a step, with read-backs recorded."""
+    from datetime import timedelta
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        cfg = tiny_config("detcon", Path(out_dir), Path(out_dir))  # train.batch_size 4
+        model = build_method(cfg)
+        g = torch.Generator().manual_seed(rank)
+        b = (4, 3)[rank]  # rank 1 has a short batch (an image given up)
+        q1, z2, q2, z1 = (torch.randn(b, 4, 16, generator=g, requires_grad=True) for _ in range(4))
+        valid, ids = torch.rand(b, 4, generator=g) > 0.3, torch.randint(0, 4, (b, 4), generator=g)
+        with record_readbacks() as sites:
+            loss = model.pair_loss(q1, z2, q2, z1, valid, ids)
+            loss.backward()
+        torch.save({"sites": sites, "loss": loss.detach()}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
+def test_the_ddp_contrastive_loss_reads_no_batch_size_back(tmp_path):
+    """Issue 23 item 8: the negatives' all_gather used to exchange every rank's batch size and read it
+    back (`.tolist()`: one host-device sync per DDP contrastive step). Now each rank pads to
+    train.batch_size, known everywhere, so nothing is read back — short batches included."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_pair_loss_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["sites"] for r in results] == [[], []]
+    assert all(torch.isfinite(r["loss"]) and r["loss"] > 0 for r in results)

@@ -197,9 +197,11 @@ def test_k_at_cosine_region_to_object():
     kw = dict(schedule="cosine", K0=128, K_f=4, t_alpha=40, T=300)
     assert k_at(0, **kw) == 128 and k_at(39.5, **kw) == 128 and k_at(40, **kw) == 128
     assert k_at(300, **kw) == 4 and k_at(350, **kw) == 4
-    # midpoint of the curriculum: 4 + 124·cos(π/4) = 91.68
-    assert k_at(170, **kw) == 92
-    assert k_at(100, **kw, rounding="floor") == 119 and k_at(200, **kw, rounding="floor") == 74  # R2O A.1
+    # midpoint of the curriculum: 4 + 124·cos(π/4) = 91.68, truncated like the public scheduler's int(k)
+    assert k_at(170, **kw) == 91
+    # R2O Fig. 5 (A.10), the paper's settings: "At 100 epoch, K = 119. At 200 epoch, K = 74." By hand:
+    # 4 + 124·cos(π/2 · 60/260) = 119.94 and 4 + 124·cos(π/2 · 160/260) = 74.59 (nearest: 120 and 75).
+    assert k_at(100, **kw) == 119 and k_at(200, **kw) == 74
     values = [k_at(t / 2, **kw) for t in range(0, 601)]
     assert all(a >= b for a, b in zip(values, values[1:]))
 

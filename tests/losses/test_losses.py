@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from discorep.losses.byol import byol_loss, regression_loss
 from discorep.losses.contrastive import contrastive_loss
+from discorep.losses.distributed import gather_padded
 
 
 # ----------------------------------------------------------------------------- BYOL
@@ -186,3 +187,11 @@ def test_contrastive_rejects_bad_input():
         contrastive_loss(p1, t2, p2, t1, valid, temperature=0.0)
     with pytest.raises(ValueError, match="ids"):
         contrastive_loss(p1, t2, p2, t1, valid, ids=ids.float())
+
+
+def test_gather_padded_pads_with_zero_rows_and_refuses_a_bound_below_the_batch():
+    x = torch.arange(6.0).reshape(2, 3)
+    out = gather_padded(x, 4)  # one process: this rank's rows, then zeros up to the bound
+    assert torch.equal(out, torch.cat([x, torch.zeros(2, 3)]))
+    with pytest.raises(ValueError, match="rows must be an int >= this rank's 2 rows"):
+        gather_padded(x, 1)

@@ -31,17 +31,18 @@ def _batch():
     return f1, f2, proj, t1, t2, valid, ids, coef, x
 
 
-def _loss_and_grad(sl: slice, gather: bool = True, kind: str = "contrastive"):
+def _loss_and_grad(sl: slice, gather: bool = True, kind: str = "contrastive", rows: int | None = None):
     """Loss on the images in `sl` with predictions f @ P; returns (loss, dL/dP).
 
-    kind: "contrastive" (Odin eq. 2–4) or "byol" (the object-level BYOL loss of R2O)."""
+    kind: "contrastive" (Odin eq. 2–4) or "byol" (the object-level BYOL loss of R2O); `rows`: the
+    contrastive gather pads every rank to that many images instead of exchanging sizes."""
     f1, f2, proj, t1, t2, valid, ids, _, _ = _batch()
     proj = proj.clone().requires_grad_(True)
     if kind == "byol":
         loss = object_byol_loss(f1[sl] @ proj, t2[sl], f2[sl] @ proj, t1[sl], valid[sl], gather=gather)
     else:
         loss = contrastive_loss(f1[sl] @ proj, t2[sl], f2[sl] @ proj, t1[sl], valid[sl],
-                                temperature=0.2, ids=ids[sl], gather=gather)
+                                temperature=0.2, ids=ids[sl], gather=gather, rows=rows)
     loss.backward()
     return loss.detach(), proj.grad
 
@@ -54,12 +55,14 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
         sl = slice(start, start + SPLIT[rank])
         loss, grad = _loss_and_grad(sl)
         byol, byol_grad = _loss_and_grad(sl, kind="byol")
+        padded, padded_grad = _loss_and_grad(sl, rows=max(SPLIT) + 1)  # rank 0 pads 2 rows, rank 1 one
         *_, coef, x = _batch()
         xr = x[sl].clone().requires_grad_(True)
         y = all_gather_with_grad(xr)
         (y * coef[rank]).sum().backward()
         total = all_reduce_sum(torch.tensor([rank + 1.0]))
-        torch.save({"loss": loss, "grad": grad, "byol": byol, "byol_grad": byol_grad, "gathered": y.detach(), "xgrad": xr.grad,
+        torch.save({"loss": loss, "grad": grad, "byol": byol, "byol_grad": byol_grad,
+                    "padded": padded, "padded_grad": padded_grad, "gathered": y.detach(), "xgrad": xr.grad,
                     "world": tuple(world_info()), "sum": total}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -115,3 +118,14 @@ def test_object_byol_loss_is_normalised_globally(results):
     per_rank = torch.stack([_loss_and_grad(slice(0, 2), gather=False, kind="byol")[0],
                             _loss_and_grad(slice(2, B), gather=False, kind="byol")[0]]).mean()
     assert not torch.isclose(per_rank, single, rtol=1e-3)
+
+
+def test_padded_gather_equals_the_size_exchange(results):
+    """The training step's gather (every rank padded to `rows`, padding gathered as invalid keys, no
+    size read back) gives the single-process loss and gradient, with uneven ranks (2 and 3 images)."""
+    single, single_grad = _loss_and_grad(slice(0, B))
+    assert torch.isclose(torch.stack([r["padded"] for r in results]).mean(), single, rtol=1e-5, atol=1e-6)
+    ddp = torch.stack([r["padded_grad"] for r in results]).mean(0)
+    assert torch.allclose(ddp, single_grad, rtol=1e-4, atol=1e-6)
+    for r in results:  # and each rank's own loss is the one the size exchange gives
+        assert torch.isclose(r["padded"], r["loss"], rtol=1e-6, atol=1e-7)

@@ -36,7 +36,7 @@ def test_the_table_covers_every_method_and_the_optimiser():
     rows = preset_rows()
     keys = {(r[0], r[1]) for r in rows}
     for method in ("byol", "detcon", "odin", "r2o"):
-        for key in ("optim.base_lr", "optim.weight_decay", "train.epochs", "model.norm"):
+        for key in ("optim.base_lr", "optim.weight_decay", "train.epochs", "model.norm", "train.precision"):
             assert (method, key) in keys or (method == "detcon" and key == "model.norm"), (method, key)
     assert all(r[3] for r in rows), "every preset names its source"
 
@@ -51,6 +51,12 @@ def test_config_matches_preset(method, key, value, source):
         assert got == pytest.approx(want, rel=1e-9), f"configs/{method}.yaml {key}={got!r}, table says {value} ({source})"
     else:
         assert got == want, f"configs/{method}.yaml {key}={got!r}, table says {value} ({source})"
+
+
+def test_r2o_trains_in_fp32_as_its_public_code():
+    """Issue 23: R2O's preset inherited BYOL's TPU bf16; R2O's public code trains in fp32 (apex O0)."""
+    assert load_config(Config, ROOT / "configs" / "r2o.yaml").train.precision == "fp32"
+    assert load_config(Config, ROOT / "configs" / "byol.yaml").train.precision == "bf16"
 
 
 def test_paper_scale_configs_synchronise_batch_norm():
