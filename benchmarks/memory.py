@@ -3,6 +3,7 @@
     python benchmarks/memory.py kmeans        # measured peak allocation vs formula (seconds)
     python benchmarks/memory.py train         # peak RSS of `make demo`'s pretraining (--epochs, 1)
     python benchmarks/memory.py step --arch resnet50 --batch 32 --size 224 --methods byol,r2o
+    python benchmarks/memory.py segments      # Odin's discrete-mode segment store: ImageNet formula + a measure
 
 kmeans: the peak of the bytes torch allocates inside `discovery.kmeans.batched_kmeans` and
 `discovery.align.align_masks_views` (CPU, float32), read from `torch.profiler`'s allocation events
@@ -25,6 +26,11 @@ and the peak, sampled every 0.2 s, of the RSS and PSS summed over it and its Dat
 step: one fresh process per method builds the config's method at the given arch / batch / view size
 (fp32, CPU), loads one batch, then runs forward + backward + optimizer + EMA; it reports the RSS
 before the first step and the peak RSS (VmHWM) during the steps.
+
+segments: Odin's per-rank segment store (discovery/cache.py) at ImageNet scale (1,281,167 images,
+views.raw_size 448, FPN stride 4: 112x112 int16 maps) for 8 and 64 processes, from `segment_store_bytes`,
+beside the in-memory cache it replaced; then `--images` maps through the real store (one rank of 8):
+the file's size and the peak-RSS growth (VmHWM, reset first) against the same formula.
 """
 
 from __future__ import annotations
@@ -108,6 +114,58 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
         running += e.nbytes()
         peak = max(peak, running)
     return peak
+
+
+def segment_store_bytes(n: int, world: int, side: int, batch: int = 64) -> dict:
+    """Odin's discrete-mode cache of one process (docs/training.md): disk = a file of int16 side² maps per
+    shard image (n // world), two versions at most; memory = the sorted shard + filled flags (9 bytes per
+    image), the shard's draw (randperm of all n: 8n, transient) and one batch of maps (the int16 host
+    copy a store makes, or the int16 buffer a read fills). `in_memory_before`: the dict of every image
+    seen that it replaced (≈ all n per process)."""
+    shard, one_map = n // world, side * side * 2
+    return {"disk_per_file": shard * one_map, "disk_per_rank": 2 * shard * one_map,
+            "memory": 9 * shard + 8 * n + batch * one_map, "in_memory_before": n * one_map}
+
+
+def run_segments(args) -> dict:
+    import numpy as np
+
+    from discorep.data.pretrain import rank_shard
+    from discorep.discovery.cache import SegmentStore
+
+    side, rows = 448 // 4, []
+    print(f"ImageNet (1,281,167 images), {side}x{side} maps: per process")
+    for world in (8, 64):
+        f = segment_store_bytes(1_281_167, world, side)
+        rows.append({"world": world, **f})
+        print(f"  {world:>3} processes: disk {f['disk_per_file'] / 1e9:.2f} GB per version file (at most 2), "
+              f"memory {f['memory'] / MB:.1f} MB; the in-memory cache it replaced: {f['in_memory_before'] / 1e9:.1f} GB")
+    n, world, batch = args.images * 8, 8, args.batch
+    maps = torch.randint(0, 16, (batch, side, side))  # what segments() would hand over, made beforehand
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = SegmentStore(Path(tmp) / "warm.bin", None)  # first calls' one-off allocations, not the store's
+        warm.store(list(range(batch)), maps)
+        warm.read(list(range(batch)))
+        warm.close()
+        before = _vm("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        store = SegmentStore(Path(tmp) / "rank0-of-8-v0.bin", rank_shard(n, 0, 0, world, 0))
+        ids = store.shard.tolist()
+        for lo in range(0, len(ids), batch):
+            store.store(ids[lo:lo + batch], maps[:len(ids[lo:lo + batch])])
+        for lo in range(0, len(ids), batch):
+            store.read(ids[lo:lo + batch])
+        store.flush()
+        size, grown = store.path.stat().st_size, (_vm("VmHWM") - before) * MB
+        store.close()
+    f = segment_store_bytes(n, world, side, batch)
+    measured = {"images": len(ids), "file_bytes": size, "file_formula": f["disk_per_file"], "rss_growth": grown,
+                "memory_formula": f["memory"], "in_memory_before": len(ids) * side * side * 2}
+    print(f"measured, {len(ids)} images of one rank of {world}: file {size / MB:.1f} MB (formula "
+          f"{f['disk_per_file'] / MB:.1f} MB, ratio {size / f['disk_per_file']:.3f}); peak RSS growth "
+          f"{grown / MB:.1f} MB (formula {f['memory'] / MB:.1f} MB, ratio {grown / f['memory']:.2f}; "
+          f"an in-memory cache: {measured['in_memory_before'] / MB:.1f} MB)")
+    return {"imagenet": rows, "measured": measured}
 
 
 # ----------------------------------------------------------------------------------- kmeans mode
@@ -339,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--steps", type=int, default=1)
         s.add_argument("--image-size", type=int, default=256, help="side of the generated scenes")
         s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    for s in (k, t, sub.choices["step"]):
+    g = sub.add_parser("segments", help="Odin's discrete-mode segment store: ImageNet formula and a measured case")
+    g.add_argument("--images", type=int, default=2048, help="images of the measured rank's shard")
+    g.add_argument("--batch", type=int, default=64)
+    for s in (k, t, sub.choices["step"], g):
         s.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     return p
 
@@ -353,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     command = shlex.join(["python", "benchmarks/memory.py", *argv])
     print("command: " + command)
-    run = {"kmeans": run_kmeans, "train": run_train, "step": run_steps}[args.mode]
+    run = {"kmeans": run_kmeans, "train": run_train, "step": run_steps, "segments": run_segments}[args.mode]
     result = {"mode": args.mode, "command": command, **run(args),
               "machine": {"cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
                           "ru_maxrss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}

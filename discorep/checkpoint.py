@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from discorep.fileio import atomic_write
-from discorep.runs import (CheckpointError, checkpoint_path, current_umask, latest_checkpoint,  # noqa: F401
-                           list_checkpoints as _list_checkpoints, resolve_checkpoint)
+from discorep.runs import (RANK_STATE_RE, CheckpointError, checkpoint_path, current_umask,  # noqa: F401
+                           latest_checkpoint, list_checkpoints as _list_checkpoints, rank_state_path,
+                           resolve_checkpoint)
 
 _TEMP_RE = re.compile(r"^\.step_\d+\.pt\..+\.tmp$")  # what `fileio.atomic_write` names its temp files
+_RANK_TEMP_RE = re.compile(r"^\.step_(\d+)\.rank\d+-of-\d+\.pt\..+\.tmp$")  # ... for per-rank parts
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -33,16 +35,24 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int = 3) -> list[Path]:
     """Delete all but the ``keep_last`` highest-step checkpoints; returns the deleted paths.
 
     Also deletes temp files a killed writer left behind (``kill -9`` during a save): the run has one
-    writer and calls this after its own save completed, so any remaining temp file is orphaned.
+    writer and calls this after its own save completed, so any remaining temp file is orphaned. Each
+    rank's own part of a checkpoint (`rank_state_path`) goes with it; parts (and their temp files) of a
+    step older than the newest checkpoint without a checkpoint of their own are orphans too, while newer
+    ones may be another rank's save in progress and stay.
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 (the newest checkpoint is never deleted), got {keep_last}")
     directory = Path(run_dir) / "checkpoints"
     found = _list_checkpoints(directory)
+    kept = {step for step, _ in found[-keep_last:]}
+    newest = max(kept, default=-1)
     removed = []
     if directory.is_dir():
         for path in directory.iterdir():
-            if _TEMP_RE.match(path.name):
+            part, temp = RANK_STATE_RE.match(path.name), _RANK_TEMP_RE.match(path.name)
+            orphan = (part and int(part.group(1)) < newest and int(part.group(1)) not in kept) or (
+                temp and int(temp.group(1)) < newest)
+            if _TEMP_RE.match(path.name) or orphan:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     for _, path in found[:-keep_last]:
@@ -87,6 +97,22 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             "Free disk space or fix permissions and resume."
         ) from exc
     return path
+
+
+def save_rank_state(state: dict, checkpoint: str | Path, rank: int, world_size: int) -> Optional[Path]:
+    """Atomically save rank `rank`'s own part of `checkpoint` beside it (`rank_state_path`); {} saves nothing."""
+    return save_checkpoint(state, rank_state_path(checkpoint, rank, world_size)) if state else None
+
+
+def load_rank_state(checkpoint: str | Path, rank: int, world_size: int) -> tuple[Optional[dict], str]:
+    """(rank `rank`'s part of `checkpoint`, or None when it has none or it is unreadable; which file)."""
+    path = rank_state_path(checkpoint, rank, world_size)
+    if not path.is_file():
+        return None, str(path)
+    try:
+        return load_checkpoint(path), str(path)
+    except CheckpointError as exc:
+        return None, f"{path} ({exc})"
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

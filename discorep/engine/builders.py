@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from discorep.engine.config import Config
 from discorep.engine.distributed import DistInfo, long_barrier
 from discorep.engine.optim import build_optimizer
 from discorep.errors import ConfigError
+from discorep.methods.registry import method_class
 
 if TYPE_CHECKING:
     from discorep.data.shards import ShardPretrainDataset
@@ -99,23 +101,30 @@ def init_backbone(cfg: Config, method: torch.nn.Module) -> None:
     log.info("model.init: backbone weights from %s", spec)
 
 
+def view_sampler(cfg: Config) -> ViewSampler:
+    """view1/view2 and only the extra views the configured method reads (`needs_views`)."""
+    method = method_class(cfg.method.name, getattr(cfg.method, "module", None))
+    return ViewSampler(cfg.views, method.needs_views(cfg))
+
+
 def build_dataset(cfg: Config, dist: DistInfo) -> PretrainDataset | ShardPretrainDataset:
     if cfg.data.kind == "shards":  # priors come from the shards, checked against data.prior
         from discorep.data.shards import ShardPretrainDataset
 
-        return ShardPretrainDataset(cfg.data.shards, ViewSampler(cfg.views), cfg.data.prior,
+        return ShardPretrainDataset(cfg.data.shards, view_sampler(cfg), cfg.data.prior,
                                     dict(cfg.data.prior_params), cfg.data.prior_size)
     paths, root = image_paths(cfg)
-    dataset = PretrainDataset(paths, ViewSampler(cfg.views), None, cfg.data.prior_size, root)
+    dataset = PretrainDataset(paths, view_sampler(cfg), None, cfg.data.prior_size, root)
     dataset.prior_cache = build_prior_cache(cfg, dataset, dist, progress=cfg.train.progress)
     return dataset
 
 
-def build_loader(cfg: Config, dataset: PretrainDataset, dist: DistInfo, start_step: int,
-                 total_steps: int) -> tuple[DataLoader, ResumableBatchSampler]:
+def build_loader(cfg: Config, dataset: PretrainDataset, dist: DistInfo, start_step: int, total_steps: int,
+                 shard_period_epochs: int | None = None) -> tuple[DataLoader, ResumableBatchSampler]:
+    """`shard_period_epochs`: the method's `sampler_shard_period_epochs()` (rank-stable shards, or None)."""
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, world_size=dist.world_size,
                                     rank=dist.rank, seed=cfg.train.seed, start_step=start_step,
-                                    total_steps=total_steps)
+                                    total_steps=total_steps, shard_period_epochs=shard_period_epochs)
     workers = cfg.data.num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_views,
                         pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0,
@@ -124,7 +133,10 @@ def build_loader(cfg: Config, dataset: PretrainDataset, dist: DistInfo, start_st
 
 
 def picture_batch(dataset: PretrainDataset, n: int) -> dict:
-    """A fixed set of images (the first n readable ones, fixed seeds) for the mask pictures."""
+    """A fixed set of images (the first n readable ones, fixed seeds) for the mask pictures, with the
+    raw view added to the training views: the pictures show it and `discover` may read it."""
+    dataset = copy.copy(dataset)  # the training data set keeps its own views
+    dataset.views = dataset.views.adding("raw")
     samples = []
     for i in range(len(dataset)):
         if len(samples) == n:

@@ -10,6 +10,7 @@ features inside the masks (Odin eq. 1) → projector/predictor heads → BYOL or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -94,6 +95,14 @@ class PretrainMethod(nn.Module):
         self.target = make_ema_copy(self.online)
 
     # ----- hooks the engine calls -----
+    @classmethod
+    def needs_views(cls, cfg: RunConfig) -> frozenset[str]:
+        """The views besides view1/view2 that `forward` reads, among `data.views.EXTRA_VIEWS`: "span"
+        (Odin's v0, with span_box) and "raw" (the whole image). The engine asks before building the
+        data set, so the others are never built nor shipped. `raw_box` (the frame of the priors) and
+        `image_size` always come; the mask pictures' batch adds "raw" for `discover`."""
+        return frozenset()
+
     def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
         """One training step's loss (DDP wraps this module, so the step is `forward`)."""
         raise NotImplementedError
@@ -131,16 +140,37 @@ class PretrainMethod(nn.Module):
     def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
         """Label maps for pictures: (labels (B, h, w), frame boxes (B, 4)) of the current masks.
 
-        A look, not a step: networks in eval mode (no BN statistics move, no SyncBN collective), so
-        the engine may call it on one process only."""
+        The batch has the raw view and every view `needs_views` names. A look, not a step: networks in
+        eval mode (no BN statistics move, no SyncBN collective), so the engine may call it on one
+        process only."""
         feats = dense_features(self.target, batch["raw"], self.feature)
         return feature_kmeans_labels(feats, 8, seed=0), batch["raw_box"]
 
     def extra_state_dict(self) -> dict:
+        """Small non-module state for rank 0's checkpoint (Odin: its segment cache's version)."""
         return {}
 
     def load_extra_state_dict(self, state: dict) -> None:
         pass
+
+    # ----- per-rank state and the run's place (Odin's segment stores; nothing by default) -----
+    def attach_run(self, run_dir: Path, rank: int, world_size: int, num_images: int) -> None:
+        """Called once by the engine before training or resuming: where the run's files are, which rank
+        this process is, and how many images the data set has."""
+
+    def sampler_shard_period_epochs(self) -> int | None:
+        """N to have the sampler keep each rank's images fixed for N epochs at a time (rank-stable shards,
+        `data.pretrain.ResumableBatchSampler`); None (default): every epoch reshuffles across ranks."""
+        return None
+
+    def rank_state_dict(self) -> dict:
+        """This rank's own part of a checkpoint, saved by every rank beside it (`runs.rank_state_path`);
+        {} saves nothing. Called on every rank at every checkpoint: it must issue no collective."""
+        return {}
+
+    def load_rank_state_dict(self, state: dict | None, where: str) -> None:
+        """On resume, after `load_extra_state_dict`: this rank's part, or None when it has none (`where`
+        says which file was looked for)."""
 
     # ----- shared object-level path -----
     def grid(self) -> int:
@@ -185,7 +215,8 @@ class PretrainMethod(nn.Module):
         for f_on, f_t, m in zip(feats_online, feats_target, masks):
             soft = hard_masks(m.soft) if self.cfg.method.hard_masks else m.soft
             sel = torch.gather(soft, 1, ids[:, :, None, None].expand(-1, -1, *soft.shape[-2:]))
-            pooled.append((mask_pool(f_on, sel.to(f_on.dtype)), mask_pool(f_t, sel.to(f_t.dtype))))
+            # float32 masks: mask_pool weighs in float32 (bf16 would round the area fractions)
+            pooled.append((mask_pool(f_on, sel), mask_pool(f_t, sel)))
         (h_on1, h_t1), (h_on2, h_t2) = pooled
         q1, q2 = self.predictor(self.online.projector(h_on1)), self.predictor(self.online.projector(h_on2))
         with torch.no_grad():
@@ -195,9 +226,11 @@ class PretrainMethod(nn.Module):
     @record_function("discorep/loss")
     def pair_loss(self, q1: Tensor, z2: Tensor, q2: Tensor, z1: Tensor, valid: Tensor, ids: Tensor) -> Tensor:
         """BYOL (symmetrised 2−2cos over valid masks) or contrastive (Odin eq. 2–4) on (B, S, D); both
-        normalised by the global number of valid masks, so N processes × b = 1 process × N·b."""
+        normalised by the global number of valid masks, so N processes × b = 1 process × N·b. The
+        contrastive gather pads every process to train.batch_size (no process has more images), so no
+        batch size is read back per step."""
         cfg = self.cfg.method
         if cfg.loss == "contrastive":
             return contrastive_loss(q1, z2, q2, z1, valid, temperature=cfg.temperature, ids=ids,
-                                    negatives=cfg.negatives)
+                                    negatives=cfg.negatives, rows=self.cfg.train.batch_size)
         return object_byol_loss(q1, z2, q2, z1, valid)

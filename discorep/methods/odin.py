@@ -5,17 +5,22 @@ spanning view v0; per-image k-means (K = 16) over its L2-normalised FPN projecti
 segments, which are mapped into both augmented views and trained with the contrastive loss on
 mask-pooled FPN features (eq. 1–4). With discrete updates the segments are cached between copies
 and the discovery network is not evaluated in between; they are then computed on the raw
-(whole-image) view, since the spanning view changes with every pair of crops.
+(whole-image) view, since the spanning view changes with every pair of crops. Each rank keeps the
+segments of its own images on disk (`discovery.cache`), and asks the sampler for rank-stable shards
+so that those are n // world_size images per copy, not every image.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
 
+from discorep.data.pretrain import rank_shard
 from discorep.discovery.cache import SegmentCache
 from discorep.discovery.random import image_seeds
 from discorep.discovery.sources import feature_kmeans_labels
@@ -36,6 +41,9 @@ class OdinOptions(DiscoveryNetOptions, MethodOptions):
     # the per-vector projector under bf16 autocast in fp32 runs (its cost: docs/performance.md); bf16 runs
     # (train.precision) already cast it
     discovery_projector_dtype: Literal["fp32", "bf16"] = "fp32"
+    # discrete: where each rank's segment store lives (None: <run folder>/segment_cache); e.g. node-local
+    # scratch. A run resumed where its files are not recomputes them (with a warning).
+    segment_cache_dir: Optional[str] = None
 
     def validate(self) -> None:
         MethodOptions.validate(self)
@@ -57,6 +65,11 @@ class OdinOptions(DiscoveryNetOptions, MethodOptions):
 class Odin(PretrainMethod):
     Options = OdinOptions
 
+    @classmethod
+    def needs_views(cls, cfg: RunConfig) -> frozenset[str]:
+        # continuous updates segment the spanning view v0 every step; cached segments use the raw view
+        return frozenset({"span"} if cfg.method.discovery_update == "continuous" else {"raw"})
+
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         self.discovery = DiscoveryNet(self.online, cfg.method)
@@ -72,15 +85,21 @@ class Odin(PretrainMethod):
         """Label maps and the frame they cover: the spanning view, or the raw view when cached."""
         if self.cache is None:
             return self.segment(batch["span"], info.image_seeds(batch["index"])), batch["span_box"]
+        store = self.cache.current()
         indices = batch.get("index_host", batch["index"]).tolist()  # host copy: no device read-back
-        todo = self.cache.missing(indices)
+        todo = store.missing(indices)
         if todo:
             # Seeded by (train.seed, discovery copy, image): another train.seed gives other segments,
             # a resumed run the same ones.
             seeds = image_seeds(info.cache_seed(self.cache.version), batch["index"][todo])
-            labels = self.segment(batch["raw"][todo], seed=seeds)
-            self.cache.store([indices[i] for i in todo], labels)
-        return self.cache.lookup(indices, batch["raw"].device), batch["raw_box"]
+            fresh = self.segment(batch["raw"][todo], seed=seeds)
+            store.store([indices[i] for i in todo], fresh)
+            if len(todo) == len(indices):
+                return fresh, batch["raw_box"]
+        labels = torch.from_numpy(store.read(indices, skip=todo)).to(batch["raw"].device, torch.long)
+        if todo:
+            labels[todo] = fresh
+        return labels, batch["raw_box"]
 
     def forward(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
         labels, frame = self.segments(batch, info)
@@ -96,9 +115,38 @@ class Odin(PretrainMethod):
     def discover(self, batch: dict[str, Tensor], info: StepInfo) -> tuple[Tensor, Tensor]:
         return self.segment(batch["raw"], seed=0), batch["raw_box"]
 
+    # ----- the segment cache's place in the run (discrete updates) -----
+    def sampler_shard_period_epochs(self) -> int | None:
+        # One shard per version: a rank's cache then holds n // world_size images.
+        return self.cfg.method.discrete_every_epochs if self.cache is not None else None
+
+    def attach_run(self, run_dir: Path, rank: int, world_size: int, num_images: int) -> None:
+        if self.cache is None:
+            return
+        folder = Path(run_dir) / "segment_cache"
+        if self.cfg.method.segment_cache_dir:  # shared by runs: one sub-folder per run folder
+            tag = hashlib.blake2b(str(Path(run_dir).resolve()).encode(), digest_size=4).hexdigest()
+            folder = Path(self.cfg.method.segment_cache_dir) / f"{Path(run_dir).name}-{tag}"
+        seed = self.cfg.train.seed
+        self.cache.attach(folder, rank, world_size,
+                          lambda version: rank_shard(num_images, seed, version, world_size, rank))
+
     def extra_state_dict(self) -> dict:
-        return {"segment_cache": self.cache.state_dict()} if self.cache is not None else {}
+        # The version only (it seeds the segments); each rank saves its own maps' state (rank_state_dict).
+        return {"segment_cache_version": self.cache.version} if self.cache is not None else {}
 
     def load_extra_state_dict(self, state: dict) -> None:
-        if self.cache is not None and "segment_cache" in state:
-            self.cache.load_state_dict(state["segment_cache"])
+        if self.cache is None:
+            return
+        if "segment_cache" in state:  # written before the per-rank stores: an in-memory cache of rank 0
+            self.cache.load_legacy(state["segment_cache"])
+        elif "segment_cache_version" in state:
+            self.cache.close()
+            self.cache.version = int(state["segment_cache_version"])
+
+    def rank_state_dict(self) -> dict:
+        return self.cache.rank_state_dict() if self.cache is not None else {}
+
+    def load_rank_state_dict(self, state: dict | None, where: str) -> None:
+        if self.cache is not None:
+            self.cache.load_rank_state_dict(state, where)

@@ -77,7 +77,8 @@ def test_data_pipeline_reports_images_per_second_per_worker(tmp_path):
     for w, r in written["results"].items():
         assert _positive_finite(r["images_per_s"], r["per_worker_images_per_s"], r["seconds"])
         assert r["per_worker_images_per_s"] == pytest.approx(r["images_per_s"] / max(1, int(w)))
-        assert {"view1", "view2", "prior", "raw", "span"} <= set(r["batch_keys"])  # views + cached prior
+        # R2O's views (the raw view, no spanning view: issue 23) + the cached prior
+        assert {"view1", "view2", "prior", "raw"} <= set(r["batch_keys"]) and "span" not in r["batch_keys"]
     assert written["results"]["0"]["images"] == 8  # batches 2..3 of 4 images, the first untimed
     assert _positive_finite(*written["breakdown_ms_per_sample"].values())
 
@@ -157,6 +158,20 @@ def test_mask_alignment_peak_memory_matches_the_formula():
 
     for shape in ((4, 32, 64, 4), (8, 32, 64, 4), (4, 64, 64, 4), (4, 32, 128, 4), (4, 8, 32, 32)):
         assert measured(*shape) == pytest.approx(align_peak_bytes(*shape), rel=0.03), shape
+
+
+def test_segment_store_memory_at_imagenet_scale_and_a_measured_store(tmp_path):
+    """Odin's discrete-mode store: hand-computed ImageNet sizes, and a real store's file and peak-RSS growth
+    against the formula (memory bounded by a batch, not by the images stored)."""
+    from benchmarks.memory import main, segment_store_bytes
+
+    eight = segment_store_bytes(1_281_167, 8, 112)
+    assert eight["disk_per_file"] == 160_145 * 112 * 112 * 2 == 4_017_717_760  # 1,281,167 // 8 images
+    assert segment_store_bytes(1_281_167, 64, 112)["disk_per_file"] == 20_018 * 25_088
+    assert eight["in_memory_before"] == 1_281_167 * 25_088 and eight["memory"] < 20 * 2**20
+    m = main(["segments", "--images", "2048", "--out", str(tmp_path / "seg.json")])["measured"]
+    assert m["images"] == 2048 and m["file_bytes"] == m["file_formula"] == 2048 * 25_088
+    assert m["rss_growth"] < 4 * m["memory_formula"] < m["in_memory_before"] / 4, m
 
 
 @pytest.mark.slow

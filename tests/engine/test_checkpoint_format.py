@@ -48,6 +48,11 @@ def to_v1(state: dict) -> dict:
                heads={"predictor": parts["predictor"]})
     if parts["discovery"]:
         old["discovery"] = parts["discovery"]
+    if "segment_cache_version" in state["extra"]:  # v1 kept rank 0's cache in memory, in the checkpoint
+        # (written here at a discrete copy, when that cache was empty, as in the recording)
+        old["extra"] = {"segment_cache": {"indices": torch.zeros(0, dtype=torch.long),
+                                          "labels": torch.zeros(0, dtype=torch.int16),
+                                          "version": state["extra"]["segment_cache_version"]}}
     method = dict(state["config"]["method"])
     del method["module"]
     # The recording of the same method holds v1's defaults for every other method's keys; options added

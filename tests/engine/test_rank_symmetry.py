@@ -23,6 +23,7 @@ from discorep.checkpoint import latest_checkpoint, load_checkpoint
 from discorep.apps.demodata.scenes import make_scenes
 from discorep.engine.config import Config
 from discorep.engine.configio import from_dict, to_dict
+from discorep.errors import Interrupted
 from tests.distributed_tools import cpu_syncbn, dump, record_collectives
 from tests.helpers import free_port, tiny_config
 from tests.engine.test_periodic_eval import _colour_folders
@@ -62,14 +63,19 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, out: str, phase: i
     if phase == 1:
         _inject_faults()
     log: list = []
+    status = 0
     try:
         with cpu_syncbn(), record_collectives(log):
             pretrain(from_dict(Config, cfg_dict), resume="auto" if phase == 2 else None)
+    except Interrupted as err:  # the SIGTERM of phase 1: every rank stops with the CLI's exit status 143
+        status = err.exit_status
     finally:
         dump(log, __import__("pathlib").Path(out) / f"phase{phase}_rank{rank}.json")
+    (__import__("pathlib").Path(out) / f"phase{phase}_rank{rank}.status").write_text(str(status))
 
 
-@pytest.mark.parametrize("method", ["byol", "r2o"])
+# odin_discrete: every rank saves its own part of each checkpoint (its segment store) without a collective
+@pytest.mark.parametrize("method", ["byol", "r2o", "odin_discrete"])
 def test_both_ranks_issue_the_same_collectives(method, tmp_path):
     ann = make_scenes(tmp_path / "scenes", 16, seed=5, image_size=(96, 96))
     images = tmp_path / "scenes" / "images"
@@ -90,6 +96,8 @@ def test_both_ranks_issue_the_same_collectives(method, tmp_path):
         assert len(logs[0]) == len(logs[1]), f"phase {phase}: {len(logs[0])} vs {len(logs[1])} collectives"
         # The features this test is about really ran: SyncBN's all_gather, the step flags' all_reduce,
         # the long barriers of the probes (and of the prior build for R2O).
+        statuses = [int((tmp_path / f"phase{phase}_rank{r}.status").read_text()) for r in (0, 1)]
+        assert statuses == ([128 + signal.SIGTERM] * 2 if phase == 1 else [0, 0])  # rank 1 got no signal
         assert names.count("all_gather") > 10 and "all_reduce" in names and "new_group" in names
     run = tmp_path / "runs" / method
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
