@@ -82,10 +82,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
-    params = {name: getattr(args, f"prior_{name}") for _, name, _, _ in A.PRIOR_FLAGS
+    params = {name: getattr(args, f"prior_{name}") for _, name, _, _, _ in A.PRIOR_FLAGS
               if hasattr(args, f"prior_{name}")}
     if params and args.prior == "none":
-        given = ", ".join(f"--prior-{flag}" for flag, name, _, _ in A.PRIOR_FLAGS if name in params)
+        given = ", ".join(f"--prior-{flag}" for flag, name, _, _, _ in A.PRIOR_FLAGS if name in params)
         raise UsageError(f"{given} given without --prior (slic, felzenszwalb or grid)")
     A.check_input_dir(args.images, "--images")
     if args.coco is not None:
@@ -123,7 +123,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     run_discover(checkpoint=args.checkpoint, images=args.images, out=args.out, ks=args.k, size=args.size,
                  features=args.features, overlay_k=args.overlay_k, device=args.device,
                  batch_size=args.batch_size, seed=args.seed, refine=args.refine, superpixels=args.superpixels,
-                 compactness=args.compactness, padding=args.padding)
+                 compactness=args.compactness, padding=args.padding, overwrite=args.overwrite)
     return 0
 
 
@@ -185,9 +185,10 @@ def _add_shard_parser(sub) -> None:
     p.add_argument("--shard-size", type=A.positive_int, default=1000, help="images per shard")
     p.add_argument("--prior", choices=("none", "slic", "felzenszwalb", "grid"), default="none",
                    help="region prior stored with each image (as data.prior)")
-    for flag, name, kind, helptext in A.PRIOR_FLAGS:
+    for flag, name, kind, helptext, default in A.PRIOR_FLAGS:
         p.add_argument(f"--prior-{flag}", dest=f"prior_{name}", type=A.int_or_none if kind == "int?" else kind,
-                       default=argparse.SUPPRESS, metavar="X" if kind is float else "N", help=helptext)
+                       default=argparse.SUPPRESS, metavar="X" if kind is float else "N",
+                       help=A.prior_flag_help(helptext, default))
     p.add_argument("--workers", type=A.non_negative_int, default=None,
                    help="processes (default: every available core)")
     p.set_defaults(func=_cmd_shard)
@@ -200,7 +201,10 @@ def _add_discover_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help=A.CHECKPOINT_HELP)
     p.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, type=Path,
-                   help="output folder: <stem>.npz and <stem>.png per image (a rerun continues where one stopped)")
+                   help="output folder: <stem>.npz and <stem>.png per image (a rerun continues where one stopped; "
+                        "one holding results of another checkpoint or other settings is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="move the --out folder's earlier results aside to <out>.old-<time> first (nothing is deleted)")
     p.add_argument("--k", type=A.k_list, default="1,2,4,8,16,32,64,128", help="comma-separated K values")
     p.add_argument("--size", type=A.image_size, default=448, help="evaluation size (Odin A.4), >= 32")
     p.add_argument("--features", choices=("c4", "c5", "fpn"), default="c5", help="feature map clustered")
@@ -286,16 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command + (f" {args.task}" if getattr(args, "task", None) else "")
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # exit 128 + signal: 130 for Ctrl-C, 143 for SIGTERM (errors.Terminated)
         if debug:
             raise
         print(f"error: discorep {name} interrupted", file=sys.stderr)
-        return 130
-    except Interrupted as err:
+        return 128 + getattr(err, "signum", 2)
+    except Interrupted as err:  # stopped cleanly; the message says what was kept and how to continue
         if debug:
             raise
         print(f"error: {describe(err)}", file=sys.stderr)
-        return 130
+        return err.exit_status
     except Exception as err:
         if debug:
             raise

@@ -19,7 +19,26 @@ class ConfigError(ValueError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C / SIGTERM stopped a command; the message says what is kept and how to continue."""
+    """Ctrl-C / SIGTERM stopped a command; the message says what is kept and how to continue.
+
+    `signum` is the signal that stopped it; the CLI exits with 128 + signum (130 for Ctrl-C, 143 for
+    SIGTERM, the shell's convention), so a scheduler or a `&&` chain tells it from a finished run.
+    """
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (as Python turns SIGINT into KeyboardInterrupt) during set-up work,
+    so the code that handles Ctrl-C handles it too; `signum` tells the two apart."""
+
+    signum = 15
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 import warnings
 import zipfile
@@ -188,10 +189,11 @@ class RegionPriorCache:
                     for outcome, key, detail in outcomes:
                         self._report(outcome, key, detail, run, self.stats)
                     bar.update(len(outcomes))
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as `errors.Terminated`
                 done = run.loaded + run.computed + run.recomputed_corrupt
                 raise Interrupted(f"interrupted during the region-prior build: {done} of {len(items)} images are "
-                                  f"cached in {self.directory}; rerun to continue (only the rest is computed)") from None
+                                  f"cached in {self.directory}; rerun to continue (only the rest is computed)",
+                                  signum=getattr(err, "signum", signal.SIGINT)) from None
         if run.failed:
             log.warning("%d of %d images failed in prior build (first: %s)", run.failed, len(items),
                         run.failures[0])

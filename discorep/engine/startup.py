@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import signal
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,7 +32,7 @@ from discorep.runs import ensure_writable_dir, latest_checkpoint, move_aside
 log = logging.getLogger("discorep")
 
 
-from discorep.errors import RunFolderError, TooManyBadImagesError  # noqa: F401,E402 (re-export)
+from discorep.errors import RunFolderError, Terminated, TooManyBadImagesError  # noqa: F401,E402 (re-export)
 
 
 def check_environment(cfg: Config) -> None:
@@ -47,6 +49,15 @@ def check_environment(cfg: Config) -> None:
         except OSError as err:
             raise ConfigError(f"cannot write {key}={folder}: {err.strerror or err}; "
                               f"set {key} to a writable folder") from None
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed every global RNG a checkpoint stores (`checkpoint.get_rng_state`): torch's, and also Python's
+    and numpy's, which training never draws from but which would otherwise start from OS entropy, so two
+    runs of one config would write checkpoints that differ in their RNG entries (issue 23.6)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, dist_info: DistInfo) -> None:
@@ -69,9 +80,10 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, dist_info:
 
 @contextmanager
 def interrupt_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while set-up work runs, then the old handler returns."""
+    """SIGTERM raises `errors.Terminated`, a KeyboardInterrupt (as Ctrl-C does) that remembers its signal
+    (exit status 143, not 130), while set-up work runs; then the old handler returns."""
     def _raise(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         previous = signal.signal(signal.SIGTERM, _raise)

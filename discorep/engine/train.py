@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from discorep.engine import builders, startup
+from discorep.engine.agreement import StopOnSignals, exchange_flags, gather_skips, interrupted
 from discorep.checkpoint import (CHECKPOINT_FORMAT, checkpoint_path, get_rng_state, latest_checkpoint,
-                                 load_checkpoint, load_module_weights, narrow_legacy_config, prune_checkpoints,
-                                 save_checkpoint, set_rng_state, upgrade_checkpoint)
+                                 load_checkpoint, load_module_weights, load_rank_state, narrow_legacy_config,
+                                 prune_checkpoints, save_checkpoint, save_rank_state, set_rng_state,
+                                 upgrade_checkpoint)
 from discorep.engine.config import Config
 from discorep.engine.configio import ConfigError, field_defaults, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
@@ -47,6 +47,7 @@ class Trainer:
         self.cfg, self.dist, self.run_dir = cfg, dist_info, run_dir
         self.dataset = builders.build_dataset(cfg, dist_info)
         self.method = build_method(cfg).to(dist_info.device)
+        self.method.attach_run(run_dir, dist_info.rank, dist_info.world_size, len(self.dataset))
         if cfg.model.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         builders.compile_encoders(self.method, cfg.model.compile, dist_info.device)
@@ -66,7 +67,9 @@ class Trainer:
         self.end_step = min(self.total_steps, cfg.train.max_steps or self.total_steps)
         self.step = 0
         self.skipped: dict[str, str] = {}
-        self.stop_requested = False
+        self.pending_skips: list[tuple[str, str]] = []  # this rank's new unreadable images, shared in the step
+        self.stop_signal = self.stopped_by = 0  # a signal received here; the one all ranks stopped on
+        self.saved_step = 0  # known to every rank (only rank 0 writes): the save decisions stay symmetric
         self.logger = RunLogger(run_dir, enabled=dist_info.is_main)
         self.periodic_eval = PeriodicEval(cfg, dist_info.device)
         if dist_info.is_main:
@@ -99,24 +102,29 @@ class Trainer:
         load_module_weights(self.method, state.get("method"), path=source,
                             hint="resume with the model settings that wrote it (model.*, method.*)")
         self.method.load_extra_state_dict(state.get("extra", {}))
+        self.method.load_rank_state_dict(*load_rank_state(source, self.dist.rank, self.dist.world_size))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.skipped = dict(state.get("skipped", []))
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
 
     def save(self) -> Path | None:
+        self.saved_step = self.step
+        path = checkpoint_path(self.run_dir, self.step)
+        # Every rank its own part (no collective): rank 0's checkpoint holds nothing of the other ranks.
+        save_rank_state(self.method.rank_state_dict(), path, self.dist.rank, self.dist.world_size)
         if not self.dist.is_main:
             return None
-        path = save_checkpoint(self.state_dict(), checkpoint_path(self.run_dir, self.step))
+        path = save_checkpoint(self.state_dict(), path)
         prune_checkpoints(self.run_dir, keep_last=self.cfg.train.keep_last)
         self.last_checkpoint = path
         return path
 
     def save_if_unsaved(self) -> None:
-        last = getattr(self, "last_checkpoint", None) or latest_checkpoint(self.run_dir)
-        if self.step > 0 and (last is None or last != checkpoint_path(self.run_dir, self.step)):
+        """Called by every rank alike: decided on state they share, not on what rank 0 may have written."""
+        if self.step > self.saved_step:
             self.save()
 
     # ----- one step -----
@@ -139,21 +147,6 @@ class Trainer:
         dtype = torch.bfloat16 if p == "bf16" else torch.float16
         return torch.autocast(self.dist.device.type, dtype=dtype)
 
-    def flags(self, loss: torch.Tensor) -> tuple[float, bool, bool]:
-        """(this rank's loss value, non-finite loss on any rank, stop requested on any rank).
-
-        The step's one host read-back (a device sync on GPUs): it must come before the backward so a
-        non-finite loss never reaches the weights. One small all-reduce carries the flags; the loss
-        value rides along so the step needs no second read-back after the optimizer.
-        """
-        value = loss.detach().float()
-        t = torch.stack([(~torch.isfinite(value)).float(), torch.tensor(float(self.stop_requested),
-                                                                        device=loss.device)])
-        if self.dist.world_size > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        loss_value, bad, stop = torch.cat([value.reshape(1), t]).tolist()
-        return loss_value, bad > 0, stop > 0
-
     def buffer_snapshot(self) -> list[torch.Tensor] | None:
         """Copies of every buffer (BN running statistics, counters) when non-finite steps are skipped:
         the forward runs in train mode and writes its batch statistics into them *before* the loss can
@@ -173,11 +166,27 @@ class Trainer:
         snapshot = self.buffer_snapshot()
         with self.autocast():
             loss, logs = self.model(batch, info)
-        loss_value, bad, self.stop_requested = self.flags(loss)
-        if bad:
+        # The step's one read-back (before the backward: a non-finite loss never reaches the weights).
+        flags = exchange_flags(loss, self.stop_signal, len(self.pending_skips), self.dist.world_size)
+        self.stop_signal = flags.stop_signal
+        if flags.new_skips:  # every rank knows it from the flags, so every rank joins the gather
+            self.record_skips(gather_skips(self.pending_skips, self.dist.world_size))
+        self.pending_skips = []
+        loss_value = flags.loss
+        if flags.nonfinite:
             if snapshot is not None:
                 self.restore_buffers(snapshot)
-            return self.handle_nonfinite(loss_value), logs, lr
+            loss_value = self.handle_nonfinite(loss_value)
+        else:
+            self.optimizer_step(loss)
+        # Also on a skipped step (docs/training.md): θ is unchanged, but what the step counter schedules
+        # (the EMA ξ, τ toward θ; Odin's discrete copy of θ into τ and its cache clear) must not slip.
+        tau = ema_tau_at(self.step, self.total_steps, self.cfg.optim.tau_base)
+        self.method.after_step(info, tau, self.steps_per_epoch)
+        logs["tau"] = tau
+        return loss_value, logs, lr
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -191,10 +200,6 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        tau = ema_tau_at(self.step, self.total_steps, self.cfg.optim.tau_base)
-        self.method.after_step(info, tau, self.steps_per_epoch)
-        logs["tau"] = tau
-        return loss_value, logs, lr
 
     def guarded_step(self, batch: dict) -> tuple[float, dict, float]:
         """A training step whose collective failures (a dead or hung peer) become one clear error."""
@@ -222,14 +227,21 @@ class Trainer:
         return float("nan")
 
     # ----- bookkeeping -----
-    def record_skips(self, batch: dict) -> None:
-        for path, reason in batch.get("skipped", []):
-            if path not in self.skipped:
-                self.skipped[path] = reason
+    def new_skips(self, batch: dict) -> list[tuple[str, str]]:
+        """This rank's unreadable images of `batch` not yet recorded (shared with all ranks in the step)."""
+        return list({p: r for p, r in batch.get("skipped", []) if p not in self.skipped}.items())
+
+    def record_skips(self, records: list[tuple[str, str]]) -> None:
+        """Add unreadable images (every rank's, so every rank holds the same set); rank 0 lists them."""
+        new = {path: reason for path, reason in records if path not in self.skipped}
+        self.skipped.update(new)
+        if new and self.dist.is_main:
+            for path, reason in new.items():
                 log.warning("skipped unreadable image %s: %s", path, reason)
-                if self.dist.is_main:
-                    with open(self.run_dir / "skipped.txt", "a") as f:
-                        f.write(f"{path}\t{reason}\n")
+            with open(self.run_dir / "skipped.txt", "a") as f:
+                f.writelines(f"{path}\t{reason}\n" for path, reason in new.items())
+
+    def check_skips(self) -> None:
         startup.check_bad_count(self.cfg, len(self.skipped), len(self.dataset), self.run_dir)
 
     @contextmanager
@@ -247,11 +259,10 @@ class Trainer:
     def pictures(self, tag: str) -> None:
         if not self.dist.is_main or self.cfg.train.picture_images < 1:
             return
-        batch = builders.to_device(self.pic_batch, self.dist.device)
-        with self.looking():
+        with self.looking():  # nothing a picture does may touch the training state, its RNGs included
+            batch = builders.to_device(self.pic_batch, self.dist.device)
             labels, _ = self.method.discover(batch, self.info())
-        images = [denormalize(x) for x in batch["raw"]]
-        picture = grid_picture(images, [lab.cpu().numpy() for lab in labels])
+            picture = grid_picture([denormalize(x) for x in batch["raw"]], [lab.cpu().numpy() for lab in labels])
         out = self.run_dir / "masks" / f"{tag}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         picture.save(out)
@@ -275,16 +286,20 @@ class Trainer:
 
     # ----- the loop -----
     def fit(self) -> None:
-        self.pic_batch = builders.picture_batch(self.dataset, self.cfg.train.picture_images)
+        if self.dist.is_main and self.cfg.train.picture_images > 0:
+            with self.looking():  # decoding and views draw from the global RNGs: pictures stay state-free
+                self.pic_batch = builders.picture_batch(self.dataset, self.cfg.train.picture_images)
         if self.step == 0:
             self.pictures("epoch_000")
-        loader, _ = builders.build_loader(self.cfg, self.dataset, self.dist, self.step, self.end_step)
+        loader, _ = builders.build_loader(self.cfg, self.dataset, self.dist, self.step, self.end_step,
+                                          self.method.sampler_shard_period_epochs())
         bar = _progress(self.cfg.train.progress and self.dist.is_main, self.step, self.end_step)
         expected = ExpectedDuration(self.step, self.end_step, enabled=self.dist.is_main)
         tic = time.perf_counter()
         for batch in loader:
-            self.record_skips(batch)
+            self.pending_skips = self.new_skips(batch)
             if batch["size"] == 0:
+                self.record_skips(self.pending_skips)
                 raise TooManyBadImagesError(f"a whole batch at step {self.step} was unreadable")
             batch = builders.to_device(batch, self.dist.device)
             loss, logs, lr = self.guarded_step(batch)
@@ -299,6 +314,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
             if self.step % self.cfg.train.log_every == 0 or self.step == self.end_step:
                 self.log_step(loss, logs, lr, img_s)
+            self.check_skips()  # the same set on every rank: all stop after the same (logged) step, one message
             if self.step % self.steps_per_epoch == 0:
                 epoch = self.step // self.steps_per_epoch
                 if epoch % self.cfg.train.picture_every_epochs == 0 or self.step == self.end_step:
@@ -306,7 +322,8 @@ class Trainer:
                 self.maybe_evaluate(epoch)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == self.end_step:
                 self.save()
-            if self.stop_requested:
+            if self.stop_signal:  # the same on every rank (the step's flags)
+                self.stopped_by = self.stop_signal
                 self.save()
                 log.warning("stop requested: checkpoint saved at step %d; resume with --resume auto", self.step)
                 break
@@ -339,7 +356,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         startup.claim_run_dir(run_dir, resume, overwrite, dist_info)
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.train.seed)
+        startup.seed_rngs(cfg.train.seed)
         with startup.interrupt_on_sigterm():  # the region-prior build can take hours: Ctrl-C/SIGTERM stop it
             trainer = Trainer(cfg, dist_info, run_dir)
         if ckpt_path is None:  # a resumed run's weights come from its checkpoint
@@ -354,12 +371,14 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         startup.check_bad_images(trainer)
         if dist_info.is_main:
             save_config(cfg, run_dir / "config.yaml")
-        with _stop_on_signals(trainer):
+        with StopOnSignals(trainer):
             try:
                 trainer.fit()
             except TooManyBadImagesError:  # raised between steps: keep the steps done
                 trainer.save_if_unsaved()
                 raise
+        if trainer.stopped_by and trainer.step < trainer.end_step:  # exit 130/143, not 0 (cli.py)
+            raise interrupted(trainer.stopped_by, trainer.step, checkpoint_path(run_dir, trainer.step))
         return run_dir
     except BaseException as err:
         if trainer is not None:  # TensorBoard's writer thread would write into a removed folder
@@ -369,27 +388,3 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         raise
     finally:
         shutdown()
-
-
-class _stop_on_signals:
-    """SIGTERM/SIGINT ask the loop to checkpoint and stop after the current step."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-
-    def __enter__(self):
-        self.previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.trainer.stop_requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False

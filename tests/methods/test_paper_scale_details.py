@@ -68,7 +68,7 @@ def test_engine_step_with_clipping_and_the_segment_cache_reads_back_once(scenes,
     batch = builders.to_device(fixed_batch(cfg, 4), torch.device("cpu"))  # as the engine hands it over
     with record_readbacks(host_tensors=(batch["index_host"],)) as sites:
         trainer.train_step(batch)  # the first step fills the segment cache (k-means + store)
-    allowed = {"engine/train.py:flags (tolist)"}
+    allowed = {"engine/agreement.py:exchange_flags (tolist)"}
     assert [s for s in sites if s not in allowed and ":_lloyd " not in s] == []
 
 
