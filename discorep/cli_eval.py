@@ -21,7 +21,7 @@ _SHARED = ("func", "command", "task", "verbose", "debug")  # parser plumbing and
 def _add_task(tasks, task: EvalTask) -> None:
     t = tasks.add_parser(task.name, help=task.help, description=task.help, formatter_class=A.HelpFormatter)
     A.common(t)
-    A.add_model_args(t, size=task.size, features=task.features)
+    A.add_model_args(t, size=task.size, features=task.features, size_help=task.size_help, seed_help=task.seed_help)
     task.add_arguments(t)
 
 

@@ -33,17 +33,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-# --prior-* flags of `discorep shard`: (flag, parameter of data.prior_params, type, help)
+# --prior-* flags of `discorep shard`: (flag, parameter of data.prior_params, type, help, the prior's default).
+# Unset flags are left out (default=SUPPRESS), so the prior's own default applies; its value is shown here by
+# hand in the formatter's words (tests/reliability/test_help_defaults.py checks it against the prior registry).
 PRIOR_FLAGS = (
-    ("n-segments", "n_segments", int, "slic: number of superpixels (default 100)"),
-    ("compactness", "compactness", float, "slic: compactness (default 10)"),
-    ("resize", "resize", "int?", "slic: side of the square copy segmented, or 'none' for full size (default 224)"),
-    ("scale", "scale", float, "felzenszwalb: scale (default 1000)"),
-    ("sigma", "sigma", float, "felzenszwalb: Gaussian sigma (default 0.8)"),
-    ("min-size", "min_size", int, "felzenszwalb: minimum segment size in pixels (default 1000)"),
-    ("max-side", "max_side", "int?", "felzenszwalb: shrink longer sides to this first, or 'none' (default)"),
-    ("n", "n", int, "grid: n x n cells (default 14)"),
+    ("n-segments", "n_segments", int, "slic: number of superpixels", 100),
+    ("compactness", "compactness", float, "slic: compactness", 10.0),
+    ("resize", "resize", "int?", "slic: side of the square copy segmented, or 'none' for full size", 224),
+    ("scale", "scale", float, "felzenszwalb: scale", 1000.0),
+    ("sigma", "sigma", float, "felzenszwalb: Gaussian sigma", 0.8),
+    ("min-size", "min_size", int, "felzenszwalb: minimum segment size in pixels", 1000),
+    ("max-side", "max_side", "int?", "felzenszwalb: shrink longer sides to this first, or 'none'", None),
+    ("n", "n", int, "grid: n x n cells", 14),
 )
+
+
+def prior_flag_help(helptext: str, default) -> str:
+    """A --prior-* flag's help with its default as `HelpFormatter` shows other defaults."""
+    return f"{helptext} (default: {'none' if default is None else default})"
 
 
 def int_or_none(text: str) -> int | None:
@@ -173,11 +180,16 @@ def common(p: argparse.ArgumentParser) -> None:
                    help="show the traceback of an error (also DISCOREP_DEBUG=1)")
 
 
-def add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str = "c5") -> None:
+SIZE_HELP = "images are resized to SIZE x SIZE (>= 32)"
+SEED_HELP = "seed of the evaluation's random draws (recorded in the JSON)"
+
+
+def add_model_args(p: argparse.ArgumentParser, size: int = 448, features: str = "c5", size_help: str = SIZE_HELP,
+                   seed_help: str = SEED_HELP) -> None:
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    p.add_argument("--size", type=image_size, default=size, help="images are resized to SIZE x SIZE (>= 32)")
+    p.add_argument("--size", type=image_size, default=size, help=size_help)
     p.add_argument("--features", choices=("c4", "c5", "fpn"), default=features, help="feature map to use")
     p.add_argument("--device", type=device, default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--out", type=Path, default=None, help="JSON file for every number and the settings")

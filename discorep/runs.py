@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 NAME_RE = re.compile(r"^step_(\d+)\.pt$")
+RANK_STATE_RE = re.compile(r"^step_(\d+)\.rank\d+-of-\d+\.pt$")  # a rank's own part of a checkpoint
 
 
 from discorep.errors import CheckpointError  # noqa: F401,E402 (re-export)
@@ -26,6 +27,13 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     if step < 0:
         raise ValueError(f"checkpoint step must be >= 0, got {step}")
     return Path(run_dir) / "checkpoints" / f"step_{int(step):08d}.pt"
+
+
+def rank_state_path(checkpoint: str | Path, rank: int, world_size: int) -> Path:
+    """Where rank `rank` of `world_size` keeps its own part of `checkpoint` (a method's per-rank state,
+    e.g. Odin's segment store): ``step_XXXXXXXX.rank{r}-of-{W}.pt`` beside it, pruned with it."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -51,13 +59,20 @@ def _names(found: list[tuple[int, Path]], limit: int = 5) -> str:
     return ", ".join(names if len(names) <= limit else [names[0], "...", *names[-(limit - 2):]])
 
 
-def _what_exists(path: Path) -> str:
+def _what_exists(path: Path, flag: str = "--checkpoint") -> str:
     """What a user who typed a missing `path` probably wants: the checkpoints that do exist nearby."""
     parent = path.parent
     found = list_checkpoints(parent)
     if found:
         run = parent.parent if parent.name == "checkpoints" else parent
         return f"{parent} holds {_names(found)}; pass the run folder {run} for its latest"
+    run = _enclosing_run(path)
+    if run is not None:  # a typo inside a run folder (runs/mine/checkpoint): the run folder is what to pass
+        found = list_checkpoints(run / "checkpoints")
+        if found:
+            return (f"{run} is a run folder ({run / 'checkpoints'} holds {_names(found)}); "
+                    f"pass {flag} {run} for its latest")
+        return f"{run} is a run folder without a checkpoint yet; has the run saved one?"
     runs_root = parent.parent if parent.name == "checkpoints" else parent
     while not runs_root.is_dir() and runs_root != runs_root.parent:
         runs_root = runs_root.parent
@@ -66,6 +81,14 @@ def _what_exists(path: Path) -> str:
         shown = ", ".join(str(d) for d in runs[:5]) + (", ..." if len(runs) > 5 else "")
         return f"run folders with checkpoints under {runs_root}: {shown}"
     return "no checkpoints found near it; train one with `discorep pretrain` or use random:<arch> (e.g. random:resnet18)"
+
+
+def _enclosing_run(path: Path) -> Optional[Path]:
+    """The nearest folder above `path` that is a run folder (holds a ``checkpoints/`` folder), or None."""
+    for folder in path.parents:
+        if (folder / "checkpoints").is_dir():
+            return folder
+    return None
 
 
 def resolve_checkpoint(spec: str | Path, flag: str = "--checkpoint") -> str:
@@ -85,7 +108,7 @@ def resolve_checkpoint(spec: str | Path, flag: str = "--checkpoint") -> str:
                                   "has the run saved one yet?")
         return str(found[-1][1])
     if not path.exists():
-        raise CheckpointError(f"{flag} {text}: no such file; {_what_exists(path)}")
+        raise CheckpointError(f"{flag} {text}: no such file; {_what_exists(path, flag)}")
     return text
 
 

@@ -27,7 +27,9 @@ Output layout (under `out/`), mirroring the input folder so that names are uniqu
 
 Every file is written under a temporary name and renamed, the npz last: an interrupted or failed run
 (Ctrl-C, a full disk) leaves only complete outputs, and the same command run again skips the images
-whose npz exists when `discover.json` records the same settings, so it continues where it stopped.
+whose npz exists when `discover.json` records the same settings, so it continues where it stopped. An
+`out` holding another checkpoint's results or results of other settings is refused before the model
+loads, unless `overwrite` moves it aside to `<out>.old-<time>` (`eval/discover_out.py`).
 The main thread only decodes and encodes: a batch's superpixels and then its clustering (k-means, or the
 refinement's pooling, k-means and painting) run on one worker thread while the next batch is decoded and
 encoded, and the outputs are written on one background writer thread (in order, at most
@@ -35,11 +37,13 @@ encoded, and the outputs are written on one background writer thread (in order, 
 
 Seeds are per image, derived from `seed` and a hash of the image's relative path, so an image's
 segmentation depends neither on the batch size nor on which other images are in the folder.
-Files under `out/` are never read as inputs, so `--out` may lie inside `--images`.
+Files under `out/` (and under the `<out>.old-*` folders moved aside) are never read as inputs, so `--out`
+may lie inside `--images`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import zipfile
@@ -65,6 +69,8 @@ from discorep.eval.backbone import EvalModel, load_model
 from discorep.eval.report import resolve_device
 from discorep.eval.refine import DEFAULT_COMPACTNESS, DEFAULT_SUPERPIXELS, Refine, start_superpixels
 from discorep.eval.segment import cluster_batch, encode_batch, parse_ks, prepare, upsample_nearest
+from discorep.eval.discover_out import already_done, checkpoint_file, claim_out, earlier_summary
+from discorep.runs import move_aside
 from discorep.viz import overlay
 
 log = logging.getLogger(__name__)
@@ -105,12 +111,14 @@ def output_names(paths: list[Path], root: Path) -> list[str]:
 
 
 def plan_jobs(images: Path, out: Path) -> list[_Job]:
-    """Every image under `images` (recursively, sorted), except files inside `out` when `out` lies
-    inside `images` (an `out` that contains `images` excludes nothing)."""
+    """Every image under `images` (recursively, sorted), except files inside `out` and inside the folders
+    `--overwrite` moved aside (`<out>.old-*`) when they lie inside `images` (a folder that contains
+    `images` excludes nothing)."""
     paths = list_images(images)  # raises DatasetError for a missing or empty folder
-    out_real = out.resolve()
-    if not images.resolve().is_relative_to(out_real):  # out inside images: skip earlier runs' overlays
-        paths = [p for p in paths if not p.resolve().is_relative_to(out_real)]
+    moved = (d for d in out.parent.glob(f"{glob.escape(out.name)}.old-*") if d.is_dir())
+    outputs = [d for d in (p.resolve() for p in (out, *moved)) if not images.resolve().is_relative_to(d)]
+    if outputs:  # out inside images: skip earlier runs' overlays
+        paths = [p for p, real in ((p, p.resolve()) for p in paths) if not any(real.is_relative_to(d) for d in outputs)]
     if not paths:
         raise DatasetError(f"no input images under {str(images)!r} outside the output folder {str(out)!r}; "
                            "choose an --out folder that is not the only thing inside --images")
@@ -215,25 +223,6 @@ def _write_skipped(out: Path, images: Path, skipped: list[tuple[_Job, str]]) -> 
     (out / "skipped.txt").write_text("".join(lines))
 
 
-# What must match for a rerun to keep the outputs of an earlier one.
-_SETTINGS = ("checkpoint", "ks", "size", "features", "overlay_k", "seed", "refine", "padding")
-
-
-def _earlier_summary(out: Path) -> dict:
-    try:
-        earlier = json.loads((out / "discover.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return earlier if isinstance(earlier, dict) else {}
-
-
-def _already_done(out: Path, jobs: list[_Job], settings: dict, earlier: dict) -> set[str]:
-    """Names whose npz an earlier run with the same settings completed (none if the settings differ)."""
-    if not earlier or any(earlier.get(key) != settings[key] for key in _SETTINGS):
-        return set()
-    return {j.name for j in jobs if (out / f"{j.name}.npz").is_file() and (out / f"{j.name}.png").is_file()}
-
-
 def _segment_all(model: EvalModel, jobs: list[_Job], out: Path, settings: dict, batch_size: int,
                  cluster_ks: list[int], counts: dict, skipped: list[tuple[_Job, str]], refiner: Refine,
                  regions: list[int]) -> tuple[int, int] | None:
@@ -301,8 +290,12 @@ def _write_clustered(out: Path, job: _Job, img: Image.Image, labels, b: int, ks:
 def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: str = "1,2,4,8,16,32,64,128",
                  size: int = 448, features: str = "c5", overlay_k: int | None = None, device: str = "auto",
                  batch_size: int = 8, seed: int = 0, refine: str = "slic", superpixels: int = DEFAULT_SUPERPIXELS,
-                 compactness: float = DEFAULT_COMPACTNESS, padding: str = "replicate") -> dict:
-    """Segment every image under `images` into `out` (layout in the module docstring); returns the summary."""
+                 compactness: float = DEFAULT_COMPACTNESS, padding: str = "replicate", overwrite: bool = False) -> dict:
+    """Segment every image under `images` into `out` (layout in the module docstring); returns the summary.
+
+    An `out` holding results of another checkpoint or other settings is refused (UsageError) unless
+    `overwrite`, which moves it aside to ``<out>.old-<time>`` (runs.move_aside: nothing is deleted); one
+    holding an interrupted run's results with the same settings is continued."""
     images, out = Path(images), Path(out)
     refiner = Refine(refine, superpixels, compactness)
     k_list = parse_ks(ks)
@@ -310,17 +303,22 @@ def run_discover(*, checkpoint: str, images: str | Path, out: str | Path, ks: st
     cluster_ks = k_list if draw_k in k_list else [*k_list, draw_k]
     if batch_size < 1 or size < 1:
         raise UsageError(f"--batch-size and --size must be positive, got {batch_size} and {size}")
+    settings = {"checkpoint": str(checkpoint), "checkpoint_file": checkpoint_file(str(checkpoint)), "ks": k_list,
+                "size": size, "features": features, "overlay_k": draw_k, "seed": seed, "refine": refiner.settings(),
+                "padding": padding}
+    earlier = earlier_summary(out)
+    foreign = claim_out(out, settings, earlier, overwrite)  # before the model loads: a refusal is quick
     jobs = plan_jobs(images, out)
     dev = resolve_device(device)
     model = load_model_for_discover(checkpoint, dev)
-    settings = {"checkpoint": str(checkpoint), "ks": k_list, "size": size, "features": features,
-                "overlay_k": draw_k, "seed": seed, "refine": refiner.settings(), "padding": padding}
+    if foreign:  # only now, so that a failed start leaves the old results where they were
+        log.warning("--overwrite: moved the earlier results %s aside to %s", out, move_aside(out))
+        earlier = {}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot write --out {out}: {err.strerror or err}") from None
-    earlier = _earlier_summary(out)
-    done = _already_done(out, jobs, settings, earlier)
+    done = already_done(out, [j.name for j in jobs], settings, earlier)
     if done:
         log.info("discover: %d of %d images already done by an earlier run with these settings; continuing",
                  len(done), len(jobs))

@@ -179,10 +179,15 @@ def test_ctrl_c_during_discover_says_how_far_it_got_and_the_rerun_continues(outc
     monkeypatch.setattr(discover, "_write_outputs", real_write)
     assert _discover(photos, tmp_path / "out") == 0
     assert json.loads((tmp_path / "out" / "discover.json").read_text())["kept_from_earlier_run"] == 3
-    # Other settings make the earlier outputs stale: everything is recomputed.
-    assert _discover(photos, tmp_path / "out", "--seed", "1") == 0
+    # Other settings: the folder holds results they would not reproduce; refused, or moved aside with --overwrite.
+    capsys.readouterr()
+    code = _discover(photos, tmp_path / "out", "--seed", "1")
+    assert "made with seed=0; this run has seed=1" in _one_line_error(capsys, code)
+    assert _discover(photos, tmp_path / "out", "--seed", "1", "--overwrite") == 0
     assert json.loads((tmp_path / "out" / "discover.json").read_text())["kept_from_earlier_run"] == 0
-    outcome("command", "Ctrl-C during discover", "exit 130: 'interrupted; 3 of 5 images done, rerun'; rerun continues")
+    assert len(list(tmp_path.glob("out.old-*/*.npz"))) == 5  # the earlier results, kept
+    outcome("command", "Ctrl-C during discover", "exit 130: 'interrupted; 3 of 5 images done, rerun'; rerun continues; "
+            "other settings into that folder: exit 2 naming both, --overwrite moves it aside")
 
 
 def test_an_unexpected_exception_is_one_line_naming_the_command(outcome, photos, tmp_path, capsys, monkeypatch):

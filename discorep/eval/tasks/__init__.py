@@ -17,6 +17,8 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from discorep.cliargs import SEED_HELP, SIZE_HELP
+
 Args = argparse.Namespace
 
 
@@ -30,6 +32,8 @@ class EvalTask:
     size: int = 448  # default --size
     features: str = "c5"  # default --features
     order: int = 1000  # position in `discorep eval --help` (bundled tasks: 10, 20, ...)
+    size_help: str = SIZE_HELP  # what --size does in this task
+    seed_help: str = SEED_HELP  # what --seed seeds in this task
 
 
 _TASKS: dict[str, EvalTask] = {}
@@ -37,9 +41,11 @@ _TASKS: dict[str, EvalTask] = {}
 
 def register_eval(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],  # noqa: A002
                   run: Callable[[Args], Any], *, check: Optional[Callable[[Args], None]] = None, size: int = 448,
-                  features: str = "c5", order: int = 1000) -> EvalTask:
-    """Register `discorep eval <name>`; a second registration of the same name is an error."""
-    task = EvalTask(name, help, add_arguments, run, check, size, features, order)
+                  features: str = "c5", order: int = 1000, size_help: str = SIZE_HELP,
+                  seed_help: str = SEED_HELP) -> EvalTask:
+    """Register `discorep eval <name>`; a second registration of the same name is an error. `size_help` and
+    `seed_help` say what the shared --size and --seed do in this task."""
+    task = EvalTask(name, help, add_arguments, run, check, size, features, order, size_help, seed_help)
     if name in _TASKS and _TASKS[name] != task:
         raise ValueError(f"an eval task named {name!r} is already registered")
     _TASKS[name] = task

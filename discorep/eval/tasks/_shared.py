@@ -1,4 +1,8 @@
-"""Arguments and checks several eval tasks share (no torch)."""
+"""Arguments and checks several eval tasks share (no torch).
+
+Help texts leave defaults to `cliargs.HelpFormatter`, which appends "(default: X)" from the argument's
+own default: one source, printed once.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,18 @@ from discorep import cliargs as A
 def add_refine_args(p: argparse.ArgumentParser, refine: str, padding: str | None) -> None:
     """--refine and its superpixel options (eval/refine.py); --padding where k-means segments (eval/segment.py)."""
     p.add_argument("--refine", choices=("none", "slic", "felzenszwalb"), default=refine,
-                   help=f"cluster superpixel regions instead of feature cells, so masks follow image edges "
-                        f"(default {refine})")
+                   help="cluster superpixel regions instead of feature cells, so masks follow image edges")
     p.add_argument("--superpixels", type=int, default=256, help="SLIC segment count; Felzenszwalb min_size = "
-                   "size^2/(4*N) (default 256)")
-    p.add_argument("--compactness", type=float, default=10.0, help="SLIC compactness (default 10)")
+                   "size^2/(4*N)")
+    p.add_argument("--compactness", type=float, default=10.0, help="SLIC compactness")
     if padding is not None:
         p.add_argument("--padding", choices=("zeros", "replicate"), default=padding,
-                       help=f"how the encoder's convolutions pad; replicate removes the frame of segments along "
-                            f"the border (default {padding})")
+                       help="how the encoder's convolutions pad; replicate removes the frame of segments along "
+                            "the border")
+
+
+# --seed of the tasks that cluster each image by k-means (eval/segment.segment_batch)
+KMEANS_SEED_HELP = "k-means seed (per image: combined with the image's index in the set)"
 
 
 def check_labelled(args) -> None:
@@ -48,13 +55,15 @@ def check_sets(args) -> None:
             _check_set(getattr(args, name), f"--{name}")
 
 
-def add_set_args(t: argparse.ArgumentParser, *names: str) -> None:
-    """--<name> PATH (VOC-layout folder or COCO json), --<name>-images, --<name>-split, for each name."""
+def add_set_args(t: argparse.ArgumentParser, *names: str, detection: bool = False) -> None:
+    """--<name> PATH (VOC-layout folder or COCO json), --<name>-images, --<name>-split, for each name;
+    `detection`: a VOC folder may also be a detection set (corloc)."""
     for name in names:
         t.add_argument(f"--{name}", required=True, type=Path,
                        help="VOC-layout folder (JPEGImages/, SegmentationClass/) or a COCO instances .json")
         t.add_argument(f"--{name}-images", type=Path, default=None,
-                       help="COCO: image folder (default <json dir>/images)")
+                       help="COCO: image folder (default: <json dir>/images)")
         t.add_argument(f"--{name}-split", default=None,
-                       help="VOC: ImageSets/Segmentation/<SPLIT>.txt (corloc with Annotations/: ImageSets/Main; "
-                            "default: all)")
+                       help="VOC: ImageSets/Segmentation/<SPLIT>.txt"
+                            + (" (with Annotations/: ImageSets/Main/<SPLIT>.txt)" if detection else "")
+                            + "; default: every image")

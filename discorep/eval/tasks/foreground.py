@@ -7,7 +7,7 @@ from pathlib import Path
 from discorep import cliargs as A
 from discorep.errors import UsageError
 from discorep.eval.tasks import register_eval, run_module
-from discorep.eval.tasks._shared import add_refine_args
+from discorep.eval.tasks._shared import KMEANS_SEED_HELP, add_refine_args
 
 
 def add_arguments(t) -> None:
@@ -31,4 +31,5 @@ def check(args) -> None:
 
 
 register_eval("foreground", "CUB protocol: K=5, Hungarian foreground matching, mean IoU", add_arguments,
-              run_module("discorep.eval.foreground"), check=check, order=20)
+              run_module("discorep.eval.foreground"), check=check, order=20,
+              seed_help=KMEANS_SEED_HELP)

@@ -14,4 +14,5 @@ def add_arguments(t) -> None:
 
 
 register_eval("knn", "weighted k-NN classification (k=20, T=0.07, cosine)", add_arguments,
-              run_module("discorep.eval.knn"), check=check_labelled, size=224, order=40)
+              run_module("discorep.eval.knn"), check=check_labelled, size=224, order=40,
+              seed_help="recorded in the JSON only: k-NN draws nothing at random")

@@ -14,4 +14,5 @@ def add_arguments(t) -> None:
 
 
 register_eval("linear", "linear probe on frozen global features", add_arguments,
-              run_module("discorep.eval.linear"), check=check_labelled, size=224, order=50)
+              run_module("discorep.eval.linear"), check=check_labelled, size=224, order=50,
+              seed_help="seeds the probe's initialisation and the order of its training batches")

@@ -18,4 +18,5 @@ def add_arguments(t) -> None:
 
 
 register_eval("linear-seg", "linear 1x1-conv head on frozen dense features, mIoU (Leopart/NeCo)", add_arguments,
-              run_module("discorep.eval.linear_seg"), check=check_sets, order=60)
+              run_module("discorep.eval.linear_seg"), check=check_sets, order=60,
+              seed_help="seeds the head's initialisation and the order of its training batches")

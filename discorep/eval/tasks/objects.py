@@ -6,7 +6,7 @@ from pathlib import Path
 
 from discorep import cliargs as A
 from discorep.eval.tasks import register_eval, run_module
-from discorep.eval.tasks._shared import add_refine_args
+from discorep.eval.tasks._shared import KMEANS_SEED_HELP, add_refine_args
 
 
 def add_arguments(t) -> None:
@@ -24,4 +24,5 @@ def check(args) -> None:
 
 
 register_eval("objects", "object discovery on a COCO-format set: ABO_i, ABO_c, OR (Odin §3.2)", add_arguments,
-              run_module("discorep.eval.objects"), check=check, order=10)
+              run_module("discorep.eval.objects"), check=check, order=10,
+              seed_help=KMEANS_SEED_HELP)

@@ -16,4 +16,6 @@ def add_arguments(t) -> None:
 
 
 register_eval("retrieval", "dense nearest-neighbour retrieval from a train memory bank (Hummingbird)",
-              add_arguments, run_module("discorep.eval.retrieval"), check=check_sets, order=80)
+              add_arguments, run_module("discorep.eval.retrieval"), check=check_sets, order=80,
+              seed_help="seeds the memory bank's subset of train patches (drawn when there are more than "
+                        "--bank-size)")

@@ -25,4 +25,7 @@ def check(args) -> None:
 
 
 register_eval("video", "DAVIS label propagation: J, F, J&F (Odin §4.3, DINO protocol)", add_arguments,
-              run_module("discorep.eval.video"), check=check, size=480, order=30)
+              run_module("discorep.eval.video"), check=check, size=480, order=30,
+              size_help="frames are resized so that their short side is SIZE, aspect kept, both sides rounded to a "
+                        "multiple of the network's coarsest stride (32 for a ResNet; >= 32)",
+              seed_help="recorded in the JSON only: label propagation draws nothing at random")
