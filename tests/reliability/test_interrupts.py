@@ -29,8 +29,11 @@ def test_a_signal_during_the_prior_build_stops_it_and_keeps_the_cache(outcome, s
     cfg = tiny_config("r2o", data, tmp_path / "runs", {"data": {"prior_params": {"n_segments": 16, "resize": 256}}})
     config = save_config(cfg, tmp_path / "cfg.yaml")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    # SIGINT at its default in the child: a job started with `&` by a script (as CI may be) inherits it
+    # ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C would never arrive.
     proc = subprocess.Popen([sys.executable, "-m", "discorep.cli", "pretrain", "--config", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cache = tmp_path / "runs" / "prior_cache"
     deadline = time.time() + 120
     while len(list(cache.glob("*/*.npz"))) < 4 and time.time() < deadline and proc.poll() is None:
