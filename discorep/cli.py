@@ -39,11 +39,17 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     if args.overwrite and args.resume:
         raise UsageError("--overwrite starts afresh and --resume continues: give one of them")
-    config = find_config(args.config)
     from discorep.engine.config import Config
     from discorep.engine.configio import load_config, to_dict
 
-    cfg = load_config(Config, config, args.overrides)
+    if args.config is not None:
+        cfg = load_config(Config, find_config(args.config), args.overrides)
+    else:
+        folder, overrides = _resumed_run(args)
+        cfg = load_config(Config, folder / "config.yaml", overrides)
+        if (Path(cfg.train.out_dir) / cfg.train.name).resolve() != folder.resolve():  # the folder was moved
+            cfg = load_config(Config, folder / "config.yaml",
+                              [*overrides, f"train.out_dir={folder.parent}", f"train.name={folder.name}"])
     if args.print_config:
         import yaml
 
@@ -51,10 +57,33 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     from discorep.engine.train import pretrain
 
-    run_dir = pretrain(cfg, resume=args.resume, allow_config_change=args.allow_config_change,
-                       overwrite=args.overwrite)
-    print(f"run folder: {run_dir}")
+    # Rank 0 prints the summary (run folder, checkpoint, next commands); the other ranks print nothing.
+    pretrain(cfg, resume=args.resume, allow_config_change=args.allow_config_change, overwrite=args.overwrite,
+             report=True)
     return 0
+
+
+def _resumed_run(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """`pretrain --resume RUN` without --config: the run folder, whose config.yaml is the config, and the
+    overrides, which may only change what leaves the training unchanged (`runs.RESUME_SAFE_KEYS`)."""
+    from discorep.runs import RESUME_SAFE_KEYS, run_folder_of
+
+    if args.resume in (None, "auto"):
+        raise UsageError("pretrain needs --config FILE, or --resume RUN_FOLDER (which reads the run's own "
+                         "config.yaml), e.g. --resume runs/mine")
+    folder = run_folder_of(args.resume)
+    if folder is None or not (folder / "config.yaml").is_file():
+        raise UsageError(f"--resume {args.resume}: not a run folder with a config.yaml; give the run's config "
+                         "with --config FILE")
+    keys = [o.split("=", 1)[0].strip() for o in args.overrides]
+    placed = [k for k in keys if k in ("train.out_dir", "train.name")]
+    if placed:
+        raise UsageError(f"--resume {args.resume}: the run folder fixes {', '.join(placed)}; drop the override")
+    unsafe = [k for k in keys if k not in RESUME_SAFE_KEYS]
+    if unsafe and not args.allow_config_change:
+        raise UsageError(f"--resume {args.resume}: {', '.join(unsafe)} would change what the run trains (resume-safe: "
+                         f"{', '.join(RESUME_SAFE_KEYS)}); pass --allow-config-change to resume anyway")
+    return folder, list(args.overrides)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -160,10 +189,12 @@ def _add_pretrain_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a backbone (BYOL, DetCon, Odin, R2O); works under torchrun",
                        formatter_class=A.HelpFormatter)
     A.common(p)
-    p.add_argument("--config", required=True,
-                   help="YAML config: a path, or the name of a bundled one (e.g. r2o_cpu_demo.yaml)")
+    p.add_argument("--config", default=None,
+                   help="YAML config: a path, or the name of a bundled one (e.g. r2o_cpu_demo.yaml); "
+                        "not needed with --resume RUN_FOLDER")
     p.add_argument("--resume", default=None,
-                   help="'auto' (latest checkpoint of this config's run folder), a checkpoint, or a run folder")
+                   help="a run folder (its latest checkpoint; without --config it reads the run's config.yaml), "
+                        "a checkpoint, or 'auto' (the latest checkpoint of --config's run folder)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume even if the config differs from the checkpoint's (the differing keys are listed)")
     p.add_argument("--overwrite", action="store_true",

@@ -91,6 +91,22 @@ def _enclosing_run(path: Path) -> Optional[Path]:
     return None
 
 
+# Keys that may change on --resume without changing what is trained (`engine.resume`; here, torch-free,
+# so that the CLI checks a resumed run folder's overrides before loading anything).
+RESUME_SAFE_KEYS = ("train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
+                    "train.keep_last", "train.picture_every_epochs", "train.picture_images",
+                    "data.num_workers", "train.device", "train.nonfinite", "data.prior_cache", "model.compile")
+
+
+def run_folder_of(path: str | Path) -> Optional[Path]:
+    """The run folder `path` names: itself (when it holds a config.yaml or checkpoints/), the run a
+    checkpoint file or the checkpoints/ folder lies in, or None."""
+    path = Path(path)
+    if path.is_dir() and ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir()):
+        return path
+    return _enclosing_run(path)
+
+
 def resolve_checkpoint(spec: str | Path, flag: str = "--checkpoint") -> str:
     """`spec` as a checkpoint file path (or the `random:` spec unchanged); raises CheckpointError.
 

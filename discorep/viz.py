@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from discorep.data.labelmaps import resize_nearest
 from discorep.data.views import IMAGENET_MEAN, IMAGENET_STD
@@ -49,8 +49,20 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.nd
     return out
 
 
-def grid_picture(images: list[np.ndarray], labels: list[np.ndarray], tile: int = 160) -> Image.Image:
-    """Rows of (image, overlay) pairs, `tile` pixels each, laid out in up to 4 pairs per row."""
+TITLE_HEIGHT = 16  # the strip above a titled picture (PIL's built-in bitmap font: nothing to download)
+
+
+def titled(picture: np.ndarray, title: str) -> np.ndarray:
+    """`picture` (H, W, 3) under a black strip holding `title` in white."""
+    strip = Image.new("RGB", (picture.shape[1], TITLE_HEIGHT))
+    ImageDraw.Draw(strip).text((4, 2), title, fill=(255, 255, 255), font=ImageFont.load_default())
+    return np.concatenate([np.asarray(strip), picture], axis=0)
+
+
+def grid_picture(images: list[np.ndarray], labels: list[np.ndarray], tile: int = 160,
+                 title: str | None = None) -> Image.Image:
+    """Rows of (image, overlay) pairs, `tile` pixels each, laid out in up to 4 pairs per row; `title`
+    (e.g. the step and K of a training picture) goes in a strip above them."""
     pairs = []
     for img, lab in zip(images, labels):
         im = np.asarray(Image.fromarray(img).resize((tile, tile), Image.BICUBIC))
@@ -62,4 +74,5 @@ def grid_picture(images: list[np.ndarray], labels: list[np.ndarray], tile: int =
     for r in range(0, len(pairs), per_row):
         row = pairs[r: r + per_row] + [blank] * (per_row - len(pairs[r: r + per_row]))
         rows.append(np.concatenate(row, axis=1))
-    return Image.fromarray(np.concatenate(rows, axis=0))
+    grid = np.concatenate(rows, axis=0)
+    return Image.fromarray(titled(grid, title) if title else grid)

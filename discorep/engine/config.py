@@ -57,8 +57,11 @@ class TrainConfig:
     name: str = "run"
     out_dir: str = "runs"
     batch_size: int = 32  # per device; global = batch_size × world size
-    epochs: float = 300.0
-    max_steps: Optional[int] = None  # stop early (tests, demos); schedules still use `epochs`
+    epochs: float = 300.0  # the schedules' length in epochs, and the unit of every *_epochs setting
+    # A short whole run: every schedule (warm-up, cosine lr, τ, R2O's K(t), Odin's copies) is fitted into
+    # `steps` steps, its epoch settings read as fractions of `epochs` (docs/training.md). None: epochs.
+    steps: Optional[int] = None
+    max_steps: Optional[int] = None  # a hard stop: the schedules keep their length (the start line says what it cuts)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -75,6 +78,8 @@ class TrainConfig:
             raise ConfigError("train.batch_size must be >= 1")
         if self.epochs <= 0:
             raise ConfigError("train.epochs must be > 0")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("train.steps must be >= 1 or null (null: train.epochs sets the length)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1 or null")
         if self.picture_images < 0:

@@ -75,3 +75,13 @@ class ExpectedDuration:
         self.message = (f"{timed} steps timed: {per_step:.2f} s/step; expect about {remaining * per_step / 60:.1f} min "
                         f"for the remaining {remaining} steps (plus per-epoch pictures and probes)")
         return self.message
+
+
+def progress_bar(enabled: bool, start: int, end: int):
+    """The pretraining progress bar (rank 0), or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    # disable=None: no bar when stdout is not a terminal (logs stay free of progress-bar debris)
+    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain", disable=None)

@@ -15,17 +15,18 @@ from torch.nn.parallel import DistributedDataParallel
 from discorep.engine import builders, startup
 from discorep.engine.agreement import StopOnSignals, exchange_flags, gather_skips, interrupted
 from discorep.checkpoint import (CHECKPOINT_FORMAT, checkpoint_path, get_rng_state, latest_checkpoint,
-                                 load_checkpoint, load_module_weights, load_rank_state, narrow_legacy_config,
-                                 prune_checkpoints, save_checkpoint, save_rank_state, set_rng_state,
-                                 upgrade_checkpoint)
+                                 load_module_weights, load_rank_state, prune_checkpoints, save_checkpoint,
+                                 save_rank_state, set_rng_state, upgrade_checkpoint)
 from discorep.engine.config import Config
-from discorep.engine.configio import ConfigError, field_defaults, save_config, to_dict
+from discorep.engine.configio import ConfigError, save_config, to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, long_barrier, shutdown
-from discorep.engine.logger import ExpectedDuration, RunLogger
+from discorep.engine.logger import ExpectedDuration, RunLogger, progress_bar
 from discorep.engine.optim import clip_grad_norm
 from discorep.engine.periodic_eval import PeriodicEval
+from discorep.engine.runplan import already_complete, cut_note, plan_run
+from discorep.engine.summary import run_summary
 from discorep.engine.resume import (RESUME_SAFE_KEYS, ResumeConfigError, check_resume_config,  # noqa: F401
-                                    resolve_resume)
+                                    checked_resume_state, resolve_resume)
 from discorep.engine.startup import RunFolderError, TooManyBadImagesError  # noqa: F401 (re-exported)
 from discorep.engine.schedules import ema_tau_at, lr_at, scaled_lr
 from discorep.methods import build_method
@@ -62,10 +63,11 @@ class Trainer:
             raise ConfigError("train.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
         self.scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
         self.global_batch = cfg.train.batch_size * dist_info.world_size
-        self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch)
-        self.total_steps = math.ceil(cfg.train.epochs * self.steps_per_epoch)
-        self.end_step = min(self.total_steps, cfg.train.max_steps or self.total_steps)
+        self.plan = plan_run(cfg.train, len(self.dataset), self.global_batch)
+        self.steps_per_epoch, self.total_steps, self.end_step = (self.plan.steps_per_epoch, self.plan.total_steps,
+                                                                 self.plan.end_step)
         self.step = 0
+        self.last_loss = float("nan")
         self.skipped: dict[str, str] = {}
         self.pending_skips: list[tuple[str, str]] = []  # this rank's new unreadable images, shared in the step
         self.stop_signal = self.stopped_by = 0  # a signal received here; the one all ranks stopped on
@@ -74,9 +76,14 @@ class Trainer:
         self.periodic_eval = PeriodicEval(cfg, dist_info.device)
         if dist_info.is_main:
             log.info("%s on %s: %d process(es) x batch %d = global batch %d; %d images, %d steps/epoch, "
-                     "%d steps (%.4g epochs); run folder %s", cfg.method.name, dist_info.device,
+                     "%d steps (%s); run folder %s", cfg.method.name, dist_info.device,
                      dist_info.world_size, cfg.train.batch_size, self.global_batch, len(self.dataset),
-                     self.steps_per_epoch, self.end_step, cfg.train.epochs, run_dir)
+                     self.steps_per_epoch, self.end_step, self.plan.length_text(), run_dir)
+            last = self.info(max(0, self.end_step - 1))  # what train.max_steps cuts (or that it lies past the end)
+            note = cut_note(self.plan, self.lr_at(last), self.lr_at(self.info(self.total_steps)),
+                            ema_tau_at(last.step, self.total_steps, cfg.optim.tau_base), self.method.schedule_note(last))
+            if note:
+                log.warning("%s", note)
 
     # ----- state -----
     def state_dict(self) -> dict:
@@ -128,14 +135,18 @@ class Trainer:
             self.save()
 
     # ----- one step -----
-    def info(self) -> StepInfo:
-        return StepInfo(self.step, self.step / self.steps_per_epoch, self.cfg.train.epochs, self.cfg.train.seed)
+    def info(self, step: int | None = None) -> StepInfo:
+        step = self.step if step is None else step
+        return StepInfo(step, self.plan.epoch_at(step), self.cfg.train.epochs, self.cfg.train.seed)
 
-    def set_lr(self, info: StepInfo) -> float:
+    def lr_at(self, info: StepInfo) -> float:
         o = self.cfg.optim
         peak = scaled_lr(o.base_lr, self.global_batch)
-        lr = lr_at(self.step, self.total_steps, round(o.warmup_epochs * self.steps_per_epoch), peak, o.final_lr)
-        lr *= self.method.lr_scale(info)
+        warmup = round(o.warmup_epochs * self.plan.schedule_steps_per_epoch)
+        return lr_at(info.step, self.total_steps, warmup, peak, o.final_lr) * self.method.lr_scale(info)
+
+    def set_lr(self, info: StepInfo) -> float:
+        lr = self.lr_at(info)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -182,7 +193,7 @@ class Trainer:
         # Also on a skipped step (docs/training.md): θ is unchanged, but what the step counter schedules
         # (the EMA ξ, τ toward θ; Odin's discrete copy of θ into τ and its cache clear) must not slip.
         tau = ema_tau_at(self.step, self.total_steps, self.cfg.optim.tau_base)
-        self.method.after_step(info, tau, self.steps_per_epoch)
+        self.method.after_step(info, tau, self.plan.schedule_steps_per_epoch)
         logs["tau"] = tau
         return loss_value, logs, lr
 
@@ -262,7 +273,10 @@ class Trainer:
         with self.looking():  # nothing a picture does may touch the training state, its RNGs included
             batch = builders.to_device(self.pic_batch, self.dist.device)
             labels, _ = self.method.discover(batch, self.info())
-            picture = grid_picture([denormalize(x) for x in batch["raw"]], [lab.cpu().numpy() for lab in labels])
+            k = self.method.picture_k(self.info())
+            title = f"step {self.step}" + (f"  K={k}" if k is not None else "")
+            picture = grid_picture([denormalize(x) for x in batch["raw"]], [lab.cpu().numpy() for lab in labels],
+                                   title=title)
         out = self.run_dir / "masks" / f"{tag}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         picture.save(out)
@@ -293,7 +307,7 @@ class Trainer:
             self.pictures("epoch_000")
         loader, _ = builders.build_loader(self.cfg, self.dataset, self.dist, self.step, self.end_step,
                                           self.method.sampler_shard_period_epochs())
-        bar = _progress(self.cfg.train.progress and self.dist.is_main, self.step, self.end_step)
+        bar = progress_bar(self.cfg.train.progress and self.dist.is_main, self.step, self.end_step)
         expected = ExpectedDuration(self.step, self.end_step, enabled=self.dist.is_main)
         tic = time.perf_counter()
         for batch in loader:
@@ -304,6 +318,7 @@ class Trainer:
             batch = builders.to_device(batch, self.dist.device)
             loss, logs, lr = self.guarded_step(batch)
             self.step += 1
+            self.last_loss = loss
             if expected.update(self.step):
                 log.info("%s", expected.message)
             toc = time.perf_counter()
@@ -335,18 +350,10 @@ class Trainer:
         self.logger.close()
 
 
-def _progress(enabled: bool, start: int, end: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    # disable=None: no bar when stdout is not a terminal (logs stay free of progress-bar debris)
-    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain", disable=None)
-
-
 def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: bool = False,
-             overwrite: bool = False) -> Path:
-    """Train `cfg` (resuming if asked) and return the run folder; `engine.startup` says what is refused."""
+             overwrite: bool = False, report: bool = False) -> Path:
+    """Train `cfg` (resuming if asked) and return the run folder; `engine.startup` says what is refused.
+    `report`: rank 0 prints the finished run's summary (`engine.summary`; the CLI asks for it)."""
     startup.check_environment(cfg)
     dist_info = init_distributed(cfg.train.device)
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
@@ -362,15 +369,18 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
         if ckpt_path is None:  # a resumed run's weights come from its checkpoint
             builders.init_backbone(cfg, trainer.method)
         if ckpt_path is not None:
-            state = upgrade_checkpoint(load_checkpoint(ckpt_path))
-            narrow_legacy_config(state, to_dict(cfg.method))
-            check_resume_config(state["config"], to_dict(cfg), allow_config_change, state.get("world_size"),
-                                dist_info.world_size, field_defaults(cfg))
-            trainer.load_state_dict(state, ckpt_path)
+            trainer.load_state_dict(checked_resume_state(ckpt_path, cfg, allow_config_change, dist_info.world_size),
+                                    ckpt_path)
+            if trainer.step >= trainer.end_step:  # every rank alike: nothing to train, no collective
+                if dist_info.is_main:
+                    log.info("%s", already_complete(trainer.step, trainer.plan))
+                trainer.logger.close()
+                return run_dir
             log.info("resumed from %s at step %d", ckpt_path, trainer.step)
         startup.check_bad_images(trainer)
         if dist_info.is_main:
             save_config(cfg, run_dir / "config.yaml")
+        start_step, tic = trainer.step, time.perf_counter()
         with StopOnSignals(trainer):
             try:
                 trainer.fit()
@@ -379,6 +389,10 @@ def pretrain(cfg: Config, *, resume: str | None = None, allow_config_change: boo
                 raise
         if trainer.stopped_by and trainer.step < trainer.end_step:  # exit 130/143, not 0 (cli.py)
             raise interrupted(trainer.stopped_by, trainer.step, checkpoint_path(run_dir, trainer.step))
+        if report and dist_info.is_main:
+            print(run_summary(run_dir, step=trainer.step, start_step=start_step, global_batch=trainer.global_batch,
+                              seconds=time.perf_counter() - tic, final_loss=trainer.last_loss,
+                              features=cfg.method.features, length=trainer.plan.length_text()), flush=True)
         return run_dir
     except BaseException as err:
         if trainer is not None:  # TensorBoard's writer thread would write into a removed folder

@@ -108,12 +108,22 @@ class PretrainMethod(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: int) -> None:
-        """EMA update of the target network ξ ← τξ + (1−τ)θ (BYOL; Odin eq. 6)."""
+    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: float) -> None:
+        """`steps_per_epoch`: steps per schedule epoch (fractional with train.steps; `engine.runplan`).
+        EMA update of the target network ξ ← τξ + (1−τ)θ (BYOL; Odin eq. 6)."""
         ema_update_(self.target, self.online, tau)
 
     def lr_scale(self, info: StepInfo) -> float:
         return 1.0
+
+    def schedule_note(self, info: StepInfo) -> str | None:
+        """One line on what the method's own schedules reach at `info` (the last step a cut-short run
+        trains) when that falls short of their end at `info.total_epochs`; None: nothing to say."""
+        return None
+
+    def picture_k(self, info: StepInfo) -> int | None:
+        """The number of clusters the mask pictures at `info` show (their label); None: not one number."""
+        return None
 
     def trained_modules(self) -> nn.ModuleDict:
         """The modules the optimizer trains (and gradient clipping sees), in the optimizer's order: every

@@ -43,12 +43,17 @@ class DiscoveryNet(nn.Module):
         self.every_epochs = cfg.discrete_every_epochs
 
     @torch.no_grad()
-    def update(self, online: nn.Module, step_done: int, steps_per_epoch: int) -> bool:
+    def copy_period(self, steps_per_epoch: float) -> int:
+        """Steps between copies; `steps_per_epoch` is fractional in a `train.steps` run (the copies then
+        keep their share of the run). λτ is a per-step rate (eq. 7), not a schedule: it is not rescaled."""
+        return max(1, round(self.every_epochs * steps_per_epoch))
+
+    def update(self, online: nn.Module, step_done: int, steps_per_epoch: float) -> bool:
         """Call after optimizer step number `step_done` (1-based). Returns True when τ was replaced."""
         if self.mode == "continuous":
             ema_update_(self.net, online, 1.0 - self.lambda_tau)
             return False
-        if step_done % (self.every_epochs * steps_per_epoch) == 0:
+        if step_done % self.copy_period(steps_per_epoch) == 0:
             copy_params_(self.net, online)
             return True
         return False

@@ -13,6 +13,7 @@ so that those are n // world_size images per copy, not every image.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -107,7 +108,17 @@ class Odin(PretrainMethod):
         online, target = self.encode_views(batch)
         return self.object_loss(online, target, masks, batch["index"], info)
 
-    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: int) -> None:
+    def picture_k(self, info: StepInfo) -> int | None:
+        return self.cfg.method.K
+
+    def schedule_note(self, info: StepInfo) -> str | None:
+        if self.cache is None:  # continuous: λτ is a per-step rate, no schedule to cut
+            return None
+        every = self.cfg.method.discrete_every_epochs
+        used, planned = math.floor(info.epoch / every + 1e-9), math.floor(info.total_epochs / every + 1e-9)
+        return None if used == planned else f"trains with {used} of the schedule's {planned} discovery copies"
+
+    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: float) -> None:
         super().after_step(info, tau, steps_per_epoch)
         if self.discovery.update(self.online, info.step + 1, steps_per_epoch) and self.cache is not None:
             self.cache.clear()

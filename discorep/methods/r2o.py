@@ -123,7 +123,17 @@ class R2O(PretrainMethod):
         m = self.cfg.method
         return k_lr_scale(self.current_K(info), m.k_lr_reference) if m.lr_scale_by_k else 1.0
 
-    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: int) -> None:
+    def picture_k(self, info: StepInfo) -> int | None:
+        return self.current_K(info)
+
+    def schedule_note(self, info: StepInfo) -> str | None:
+        K, end = self.current_K(info), self.current_K(StepInfo(0, info.total_epochs, info.total_epochs, info.seed))
+        if K == end:
+            return None
+        bound = "≥" if K > end else "≤"
+        return f"K will stay {bound} {K} (its schedule ends at {end})"
+
+    def after_step(self, info: StepInfo, tau: float, steps_per_epoch: float) -> None:
         super().after_step(info, tau, steps_per_epoch)
         if self.discovery is not None:
             self.discovery.update(self.online, info.step + 1, steps_per_epoch)

@@ -56,7 +56,9 @@ def _tiny(args: list[str]) -> list[str]:
             args += ["--size", "64"]
         if "linear" in args or "linear-seg" in args:
             args += ["--epochs", "2"]
-    if args[0] == "pretrain" and "--print-config" not in args:
+    if args[0] == "pretrain" and "--config" not in args:  # --resume RUN: its own config; one more step
+        args += ["train.max_steps=2"]
+    elif args[0] == "pretrain" and "--print-config" not in args:
         args += TINY_TRAIN
     return args
 
@@ -97,3 +99,4 @@ def test_readme_commands_run_in_order_after_the_demo(tmp_path, monkeypatch, caps
     assert ran.count("export") == 4 and ran.count("discover") == 2
     assert (tmp_path / "out/photos/discover.json").exists() and (tmp_path / "out/random/discover.json").exists()
     assert (tmp_path / "runs/r2o_laptop/checkpoints").is_dir()  # the README's own run, beside the demo's
+    assert (tmp_path / "runs/quick/checkpoints/step_00000002.pt").is_file()  # the quick try, resumed by folder
