@@ -39,13 +39,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     if args.overwrite and args.resume:
         raise UsageError("--overwrite starts afresh and --resume continues: give one of them")
+    # Argument mistakes first, before torch loads (the engine's modules import it).
+    config = find_config(args.config) if args.config is not None else None
+    folder, overrides = _resumed_run(args) if config is None else (None, args.overrides)
     from discorep.engine.config import Config
     from discorep.engine.configio import load_config, to_dict
 
-    if args.config is not None:
-        cfg = load_config(Config, find_config(args.config), args.overrides)
+    if config is not None:
+        cfg = load_config(Config, config, args.overrides)
     else:
-        folder, overrides = _resumed_run(args)
         cfg = load_config(Config, folder / "config.yaml", overrides)
         if (Path(cfg.train.out_dir) / cfg.train.name).resolve() != folder.resolve():  # the folder was moved
             cfg = load_config(Config, folder / "config.yaml",

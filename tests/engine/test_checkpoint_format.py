@@ -59,7 +59,12 @@ def to_v1(state: dict) -> dict:
     # since v1 (Odin's discovery_projector_dtype) were never in a v1 file, so a v1 file lacks them.
     same = "odin_discrete" if method["name"] == "odin" else "r2o"
     method = {k: v for k, v in method.items() if k in RECORDED[same]["config"]["method"]}
-    old["config"] = {**state["config"], "method": {**RECORDED[same]["config"]["method"], **method}}
+    # Likewise keys added to other sections since v1 (train.steps) were never in a v1 file.
+    recorded = RECORDED[same]["config"]
+    old["config"] = {section: {k: v for k, v in values.items() if k in recorded[section]}
+                     if isinstance(values, dict) and section in recorded else values
+                     for section, values in state["config"].items()}
+    old["config"]["method"] = {**recorded["method"], **method}
     return old
 
 
