@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.step_time import METHODS as STEP_METHODS, make_config, time_data  # noqa: E402
+from benchmarks.step_time import METHODS as STEP_METHODS, batch_kind, make_config, time_data  # noqa: E402
 from benchmarks.throughput import time_ceiling  # noqa: E402
 from discorep.apps.demodata.scenes import make_scenes  # noqa: E402
 from discorep.discovery.kmeans import batched_kmeans  # noqa: E402
@@ -156,10 +156,10 @@ def run(tiny: bool) -> dict:
         tmp = Path(tmp)
         make_scenes(tmp / "scenes", s["batch"] * (n + 1), seed=0, image_size=(s["image_size"],) * 2)
         data, cache = tmp / "scenes" / "images", tmp / "cache"
-        by_prior: dict[bool, list] = {}
+        by_prior: dict[tuple, list] = {}
         for name in METHODS:
             cfg = _config(name, s, data, cache)
-            key = cfg.data.prior != "none"
+            key = batch_kind(cfg)  # the prior and the extra views the method reads
             if key not in by_prior:
                 batches, _ = time_data(cfg, dist, n)
                 by_prior[key] = [builders.to_device(b, device) for b in batches[:n]]
@@ -172,7 +172,7 @@ def run(tiny: bool) -> dict:
                        and all(_close(r[p], r["fp32"], p) for p in TOLERANCE))
             results["methods"][name] = r
         ceiling_cfg = _config("byol", s, data, cache, "bf16")
-        ceiling = time_ceiling(ceiling_cfg, by_prior[False], device, s["warmup"])["ms_per_step"]
+        ceiling = time_ceiling(ceiling_cfg, by_prior[batch_kind(ceiling_cfg)], device, s["warmup"])["ms_per_step"]
     base = results["methods"]["byol"]["ms_bf16"]
     for r in results["methods"].values():
         r["ratio_to_byol"] = r["ms_bf16"] / base

@@ -79,10 +79,12 @@ def make_config(name: str, args, data_root: Path, cache: Path) -> Config:
     return from_dict(Config, deep_merge(base, METHODS[name]))
 
 
-def batch_kind(cfg: Config) -> tuple[bool, int]:
+def batch_kind(cfg: Config) -> tuple[bool, int, tuple[str, ...]]:
     """Methods whose batches are identical share them (same sampler seed: same images and views); batches
-    differ by the region prior and by the spanning view's size (odin_span1x)."""
-    return cfg.data.prior != "none", cfg.views.spanning_size
+    differ by the region prior, by the spanning view's size (odin_span1x) and by the extra views the
+    method reads (`needs_views`: BYOL's batch has no spanning view for Odin to read)."""
+    views = tuple(sorted(builders.view_sampler(cfg).extra))
+    return cfg.data.prior != "none", cfg.views.spanning_size, views
 
 
 def time_data(cfg: Config, dist: DistInfo, batches: int):
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         make_scenes(tmp / "scenes", args.batch * (n_batches + 1), seed=0,
                     image_size=(args.image_size, args.image_size))
-        batches_by_kind: dict[tuple[bool, int], tuple] = {}
+        batches_by_kind: dict[tuple, tuple] = {}
         for name in names:
             cfg = make_config(name, args, tmp / "scenes" / "images", tmp / "cache")
             kind = batch_kind(cfg)
