@@ -36,7 +36,8 @@ def scenes(tmp_path_factory):
 def trained(scenes, tmp_path_factory):
     """A finished 2-step run folder (checkpoints at steps 1 and 2)."""
     out = tmp_path_factory.mktemp("runs")
-    return pretrain(tiny_config("byol", scenes / "images", out, {"train": {"max_steps": 2, "checkpoint_every": 1}}))
+    yield pretrain(tiny_config("byol", scenes / "images", out, {"train": {"max_steps": 2, "checkpoint_every": 1}}))
+    shutil.rmtree(out, ignore_errors=True)  # ~250 MB of checkpoints: the suite must fit a small CI disk
 
 
 def _error_line(capsys) -> str:
