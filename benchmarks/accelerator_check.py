@@ -1,7 +1,7 @@
 """One prepared check of the paper-scale path on an accelerator (issue 12), and its CPU rehearsal.
 
     python benchmarks/accelerator_check.py            # CUDA: ResNet-50/224, every method, <= ~6 min
-    python benchmarks/accelerator_check.py --tiny     # CPU: ResNet-18/64 px, same code paths, < 60 s
+    python benchmarks/accelerator_check.py --tiny     # CPU: ResNet-18/64 px, same code paths, ~1-2 min
 
 For every method (BYOL, DetCon, Odin, R2O, the hybrid) on the same batches:
 * correctness: step-1 loss in fp32, bf16 and fp16 (+GradScaler; its backward and unscale too) from the
@@ -11,7 +11,14 @@ For every method (BYOL, DetCon, Odin, R2O, the hybrid) on the same batches:
   every 8 iterations) is compared with the CPU one (every iteration);
 * speed: ms/step in bf16 (CUDA events on GPU, perf_counter on CPU; warm-up steps dropped), with
   channels_last off and on, the ratio to BYOL, and throughput against the bare backbone's forward +
-  backward (the ceiling of `benchmarks/throughput.py`).
+  backward (the ceiling of `benchmarks/throughput.py`);
+* `transfer detect`: a few iterations of the fine-tuning loop (`transfer.loop.Fitter.fit` on the task's
+  DataLoader, Mask R-CNN from `random:<arch>`, its final checkpoint written): ResNet-50 at 800 px (demo
+  scenes upscaled by the detector's transform), batch 2, norm syncbn (a 1-process nccl group is made when
+  none exists, as `torchrun --nproc_per_node 1` gives; at world size 1 torch's SyncBatchNorm normalises
+  with the process's own statistics), fp32 (the transfer loop has no autocast); on --tiny ResNet-18 at
+  64 px, norm bn, on the CPU. Reports the losses (all must be finite), seconds per iteration (data loading
+  included, warm-up and the iteration that writes the checkpoint left out) and the peak GPU memory.
 Prints one table and exits 1 if a check fails. Nothing here runs in a training run.
 """
 
@@ -28,17 +35,22 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.step_time import METHODS as STEP_METHODS, batch_kind, make_config, time_data  # noqa: E402
 from benchmarks.throughput import time_ceiling  # noqa: E402
+from benchmarks.transfer import build as build_transfer, make_train_set, transfer_config  # noqa: E402
 from discorep.apps.demodata.scenes import make_scenes  # noqa: E402
 from discorep.discovery.kmeans import batched_kmeans  # noqa: E402
 from discorep.engine import builders  # noqa: E402
 from discorep.engine.distributed import DistInfo  # noqa: E402
+from discorep.errors import NonFiniteLossError  # noqa: E402
 from discorep.methods import build_method  # noqa: E402
 from discorep.methods.base import StepInfo  # noqa: E402
+from discorep.transfer import detect  # noqa: E402
+from discorep.transfer.loop import Fitter, endless_batches  # noqa: E402
 
 METHODS = ("byol", "detcon", "odin", "r2o", "hybrid")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -143,6 +155,77 @@ def _close(value: float, reference: float, precision: str) -> bool:
     return math.isfinite(value) and abs(value - reference) <= rel * abs(reference) + abs_
 
 
+def _transfer_settings(tiny: bool) -> dict:
+    if tiny:
+        return dict(arch="resnet18", size=64, image_size=64, batch=2, warmup=0, timed=1, norm="bn",
+                    preset="cpu", workers=0, device="cpu")
+    return dict(arch="resnet50", size=800, image_size=320, batch=2, warmup=2, timed=5, norm="syncbn",
+                preset="coco_1x_d2", workers=4, device="cuda")
+
+
+def _one_process_group(norm: str, device: torch.device) -> bool:
+    """For syncbn without torchrun: a 1-process group (nccl on CUDA). True when this check made it."""
+    if norm != "syncbn" or torch_dist.is_initialized():
+        return False
+    torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=torch_dist.HashStore(),
+                                  rank=0, world_size=1)
+    return True
+
+
+def _stamped(batches, marks: list[float], device: torch.device):
+    """The batches, with the time (synchronised) at which the loop asked for each."""
+    for item in batches:
+        _sync(device)
+        marks.append(time.perf_counter())
+        yield item
+
+
+def transfer_check(tiny: bool, tmp: Path) -> dict:
+    """A short `transfer detect` fine-tuning: its losses, s/iteration and peak GPU memory."""
+    s = _transfer_settings(tiny)
+    device = torch.device(s["device"])
+    iters = s["warmup"] + s["timed"] + 1  # + 1: the last iteration also writes the checkpoint (not timed)
+    cfg = transfer_config("detect", s["preset"], s["size"], s["batch"], iters, s["device"],
+                          [f"model.norm={s['norm']}", f"solver.workers={s['workers']}"])
+    train_set = make_train_set("detect", cfg, tmp / "detect", s["batch"] * iters, s["image_size"])
+    made_group = _one_process_group(s["norm"], device)
+    dist_info = DistInfo(0, 1, 0, device)
+    out: dict = {"settings": s, "process_group": "made (1 process)" if made_group else
+                 ("existing" if torch_dist.is_initialized() else "none")}
+    try:
+        if device.type == "cuda":
+            held = torch.cuda.memory_allocated(device)  # what the method checks still hold
+            torch.cuda.reset_peak_memory_stats(device)
+        model, opt = build_transfer("detect", cfg, s["arch"], train_set.num_classes, device)
+        losses, marks = [], []
+        task_loss = detect.loss_fn(device)
+
+        def recorded(net, batch):
+            total, terms = task_loss(net, batch)
+            losses.append(total.detach())
+            return total, terms
+
+        loader = detect.train_loader(train_set, cfg, dist_info, seed=0, start=0)
+        fitter = Fitter(cfg, tmp / "detect-run", dist_info, {"backbone": f"random:{s['arch']}", "seed": 0})
+        try:
+            fitter.fit(model, opt, _stamped(endless_batches(loader), marks, device), recorded, 0, "transfer detect")
+            out["error"] = None
+        except NonFiniteLossError as err:
+            out["error"] = str(err)
+        out["losses"] = [float(x) for x in losses]
+        gaps = [b - a for a, b in zip(marks[:-1], marks[1:])][s["warmup"]:]
+        out["s_per_iter"] = statistics.median(gaps) if gaps else math.nan
+        out["peak_gpu_mib"] = ((torch.cuda.max_memory_allocated(device) - held) / 2**20
+                               if device.type == "cuda" else None)
+        out["checkpoint_written"] = (tmp / "detect-run" / "checkpoints" / f"iter_{iters:08d}.pt").is_file()
+    finally:
+        if made_group:
+            torch_dist.destroy_process_group()
+    out["ok"] = (out["error"] is None and len(out["losses"]) == iters
+                 and all(math.isfinite(x) for x in out["losses"]) and out["checkpoint_written"])
+    return out
+
+
 def run(tiny: bool) -> dict:
     s = _settings(tiny)
     if s["device"] == "cuda" and not torch.cuda.is_available():
@@ -173,6 +256,8 @@ def run(tiny: bool) -> dict:
             results["methods"][name] = r
         ceiling_cfg = _config("byol", s, data, cache, "bf16")
         ceiling = time_ceiling(ceiling_cfg, by_prior[batch_kind(ceiling_cfg)], device, s["warmup"])["ms_per_step"]
+        del by_prior, batches  # the methods' batches: not counted in the transfer check's peak memory
+        results["transfer"] = transfer_check(tiny, tmp)
     base = results["methods"]["byol"]["ms_bf16"]
     for r in results["methods"].values():
         r["ratio_to_byol"] = r["ms_bf16"] / base
@@ -180,7 +265,8 @@ def run(tiny: bool) -> dict:
         r["vs_ceiling"] = ceiling / r["ms_bf16"]
     results["ceiling_ms"] = ceiling
     results["kmeans_labels_equal"] = kmeans_agreement(device, tiny)
-    results["ok"] = all(r["ok"] for r in results["methods"].values()) and all(results["kmeans_labels_equal"].values())
+    results["ok"] = (all(r["ok"] for r in results["methods"].values()) and all(results["kmeans_labels_equal"].values())
+                     and results["transfer"]["ok"])
     return results
 
 
@@ -196,7 +282,20 @@ def report(results: dict) -> None:
               f"{r['ratio_to_byol']:7.2f} {r['images_per_s']:8.1f} {r['vs_ceiling']:8.1%}")
     print(f"backbone ceiling (forward+backward, bf16): {results['ceiling_ms']:.1f} ms/step; "
           f"k-means labels equal to CPU: {results['kmeans_labels_equal']}")
+    report_transfer(results["transfer"])
     print("RESULT", "ok" if results["ok"] else "FAILED")
+
+
+def report_transfer(t: dict) -> None:
+    s = t["settings"]
+    losses = t["losses"]
+    finite = sum(math.isfinite(x) for x in losses)
+    memory = f"{t['peak_gpu_mib']:.0f} MiB" if t["peak_gpu_mib"] is not None else "n/a (cpu)"
+    print(f"transfer detect: Mask R-CNN {s['arch']} at {s['size']} px, batch {s['batch']}, norm {s['norm']} "
+          f"(process group: {t['process_group']}), fp32: losses " + " ".join(f"{x:.3f}" for x in losses)
+          + f" ({finite}/{len(losses)} finite); {t['s_per_iter']:.3f} s/iter (median of {s['timed']} after "
+          f"{s['warmup']} warm-up, data loading included); peak GPU memory {memory}; checkpoint "
+          + ("written" if t["checkpoint_written"] else "MISSING") + ("" if t["error"] is None else f"; {t['error']}"))
 
 
 def main(argv: list[str] | None = None) -> dict:

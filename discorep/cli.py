@@ -16,6 +16,7 @@ from pathlib import Path
 
 from discorep import cliargs as A
 from discorep.cli_eval import add_eval_parsers, add_refine_args, own_arguments
+from discorep.cli_transfer import add_transfer_parsers
 from discorep.errors import Interrupted, UsageError
 
 DEMO_CONFIG = "r2o_contrastive_cpu_demo.yaml"  # bundled with the package (discorep/configs)
@@ -172,15 +173,38 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from discorep.runs import resolve_checkpoint
 
+    protocol = A.check_config_protocol(args.to, args.write_config, args.protocol)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     A.check_writable_file(args.out, "--out")
     from discorep.export import export_backbone, placeholder_note
+    from discorep.export.toolkit_configs import config_path
 
-    path = export_backbone(checkpoint=args.checkpoint, to=args.to, out=args.out)
+    path = export_backbone(checkpoint=args.checkpoint, to=args.to, out=args.out, protocol=protocol)
     print(f"wrote {path}")
+    if protocol:
+        print(f"wrote {config_path(path, args.to)} ({args.to} config, protocol {protocol})")
     note = placeholder_note(args.to)
     if note:
         print(f"note: {note}")
+    return 0
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from discorep import cli_transfer
+    from discorep.runs import resolve_checkpoint
+
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
+    cli_transfer.check_inputs(args)
+    overrides = cli_transfer.overrides_of(args)
+    from discorep.transfer import Inputs, load_transfer_config, print_result, run_transfer
+
+    cfg = load_transfer_config(args.task, args.preset, overrides)
+    out = args.out or args.work_dir / f"{args.task}_{cfg.preset}_{cli_transfer.checkpoint_tag(args.checkpoint)}.json"
+    inputs = Inputs(*(None if p is None else str(p) for p in (args.train, args.val, args.train_images, args.val_images)))
+    result = run_transfer(args.task, cfg, args.checkpoint, inputs, seeds=args.seeds, out=out, work_dir=args.work_dir,
+                          resume=args.resume == "auto", baseline=args.baseline == "random")
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print_result(result, out)
     return 0
 
 
@@ -279,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_parser(sub)
     _add_discover_parser(sub)
     add_eval_parsers(sub, _cmd_eval)
+    add_transfer_parsers(sub, _cmd_transfer)
 
     p = sub.add_parser("export", help="export the online backbone for torchvision, timm, detectron2 or mmseg",
                        formatter_class=A.HelpFormatter)
@@ -287,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("torchvision", "timm", "detectron2", "mmseg"),
                    help="toolkit whose key names and file format to write")
     p.add_argument("--out", required=True, type=Path, help="file to write (detectron2: *.pkl)")
+    p.add_argument("--write-config", action="store_true",
+                   help="also write a ready fine-tuning config beside --out (detectron2: <stem>.yaml, "
+                        "mmseg: <stem>_config.py): SyncBN, no frozen stage, RGB mean/std, the protocol's schedule")
+    p.add_argument("--protocol", default=None,
+                   help="the transfer protocol of --write-config (omitted: the first of --to's): " + "; ".join(
+                       f"{to}: {' | '.join(names)}" for to, names in A.CONFIG_PROTOCOLS.items()))
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="the main job: build demo data, pretrain R2O on CPU, write a run folder",

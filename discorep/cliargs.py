@@ -169,6 +169,30 @@ def check_writable_file(path: Path, flag: str) -> None:
         raise UsageError(f"cannot write {flag} {path}: {err.strerror or err}") from None
 
 
+# `discorep export --write-config`: the transfer protocols of each toolkit's config, the default first. Their
+# settings and sources are in discorep/export/toolkit_configs.py; the names live here, torch-free, so that a
+# wrong --protocol is one line before anything loads.
+CONFIG_PROTOCOLS = {"detectron2": ("coco_1x_d2", "coco_1x_tpu"), "mmseg": ("voc_fcn_30k", "cityscapes_fcn")}
+
+
+def check_config_protocol(to: str, write_config: bool, protocol: str | None) -> str | None:
+    """The protocol whose config `discorep export` writes (None: no config); UsageError for a flag that
+    does not fit --to."""
+    if not write_config:
+        if protocol is not None:
+            raise UsageError(f"--protocol {protocol} chooses the config that --write-config writes: "
+                             "add --write-config")
+        return None
+    if to not in CONFIG_PROTOCOLS:
+        raise UsageError("--write-config writes detectron2/mmseg configs; torchvision users: "
+                         "`discorep transfer detect` fine-tunes in discorep")
+    valid = CONFIG_PROTOCOLS[to]
+    if protocol is not None and protocol not in valid:
+        raise UsageError(f"--protocol {protocol}: not a {to} protocol; --to {to} takes {valid[0]} (default), "
+                         f"{', '.join(valid[1:])}")
+    return protocol or valid[0]
+
+
 CHECKPOINT_HELP = ("a checkpoint file, a run folder (its latest checkpoint, e.g. runs/r2o_cpu_demo), "
                    "or random:<arch>[:<seed>] (e.g. random:resnet18)")
 

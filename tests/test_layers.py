@@ -88,7 +88,7 @@ def test_errors_and_fileio_are_torch_free_leaves_and_old_error_names_still_work(
     code = ("import sys, discorep.errors, discorep.fileio, discorep.cli\n"
             "assert 'torch' not in sys.modules, 'torch loaded'\n"
             "assert not [m for m in sys.modules if m.startswith('discorep.') and m.split('.')[1] not in "
-            "('errors', 'fileio', 'cli', 'cli_eval', 'cliargs', 'runs', 'eval')], sorted(sys.modules)\n")
+            "('errors', 'fileio', 'cli', 'cli_eval', 'cli_transfer', 'cliargs', 'runs', 'eval')], sorted(sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr

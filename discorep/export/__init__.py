@@ -19,6 +19,10 @@ How to load each export (`f` is the written file):
   `init_cfg=dict(type="Pretrained", checkpoint=f, prefix="backbone.")`, or `load_from=f` for the whole
   segmentor (keys are under `backbone.`).
 
+With `protocol` (`discorep export --write-config [--protocol NAME]`), detectron2 and mmseg exports also get a
+ready fine-tuning config beside the file, with those settings and the protocol's schedule
+(`toolkit_configs.py`).
+
 A GroupNorm backbone (model.norm "gn", 32 groups on every ResNet width) loads the same way once the
 model is built with GroupNorm: torchvision `norm_layer=lambda c: nn.GroupNorm(32, c)`, detectron2
 `MODEL.RESNETS.NORM GN`, mmseg `norm_cfg=dict(type="GN", num_groups=32)`.
@@ -38,6 +42,7 @@ from torch import Tensor
 from discorep.checkpoint import CheckpointError, eval_weights, load_checkpoint, upgrade_checkpoint
 from discorep.errors import UsageError
 from discorep.export.converters import CONVERTERS
+from discorep.export.toolkit_configs import config_path, resolve_protocol, toolkit_config
 from discorep.fileio import atomic_write
 from discorep.models.backbones import ARCHS, known_arch
 
@@ -106,28 +111,44 @@ def placeholder_note(to: str) -> str:
     return ""
 
 
-def export_backbone(*, checkpoint: str | os.PathLike, to: str, out: str | os.PathLike) -> Path:
+def export_backbone(*, checkpoint: str | os.PathLike, to: str, out: str | os.PathLike,
+                    protocol: str | None = None) -> Path:
     """Write the online backbone of `checkpoint` in `to`'s format to `out` (atomically); returns `out`.
 
-    Raises UsageError (a ValueError) for an unknown `to`, an unsupported arch/target pair or a
-    detectron2 file not named *.pkl, and CheckpointError for a file that is not a pretraining checkpoint
-    or cannot be written. See the module docstring for how each toolkit loads the result.
+    With `protocol` (detectron2: coco_1x_d2 | coco_1x_tpu; mmseg: voc_fcn_30k | cityscapes_fcn) a ready
+    fine-tuning config for that transfer protocol is written beside it too, at
+    `toolkit_configs.config_path(out, to)`, naming the weights by their absolute path.
+
+    Raises UsageError (a ValueError) for an unknown `to`, an unsupported arch/target pair, a
+    detectron2 file not named *.pkl or a protocol `to` does not have, and CheckpointError for a file that
+    is not a pretraining checkpoint or cannot be written. See the module docstring for how each toolkit
+    loads the result.
     """
     if to not in CONVERTERS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     out = Path(out)
     if to == "detectron2" and out.suffix != ".pkl":
         raise UsageError(f"--out {out}: detectron2 only reads *.pkl files as pickled weights; name it {out.stem}.pkl")
+    if protocol is not None:
+        resolve_protocol(to, protocol)  # refused before anything is read or written
     backbone, arch, norm = online_backbone(checkpoint)
     try:
         payload = CONVERTERS[to](backbone, arch, norm)
+        # the config text is built before any file is written: an unsupported arch leaves nothing behind
+        config = None if protocol is None else toolkit_config(to, arch=arch, norm=norm, weights=out.resolve(),
+                                                                protocol=protocol)
     except ValueError as err:
         raise UsageError(f"{checkpoint}: {err}") from err
-    data = _serialise(payload, to)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, memoryview(data))
-    except OSError as err:
-        raise CheckpointError(f"could not write {out}: {err.strerror or err} "
-                              "(an earlier file there is unchanged)") from err
+    _write(out, memoryview(_serialise(payload, to)))
+    if config is not None:
+        _write(config_path(out, to), config.encode())
     return out
+
+
+def _write(path: Path, data: bytes | memoryview) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
+    except OSError as err:
+        raise CheckpointError(f"could not write {path}: {err.strerror or err} "
+                              "(an earlier file there is unchanged)") from err

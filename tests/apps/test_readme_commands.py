@@ -56,6 +56,8 @@ def _tiny(args: list[str]) -> list[str]:
             args += ["--size", "64"]
         if "linear" in args or "linear-seg" in args:
             args += ["--epochs", "2"]
+    if args[0] == "transfer":  # the cpu preset, shrunk to two iterations at 64 px
+        args += ["--iters", "2", "--size", "64", "solver.batch_size=2", "solver.workers=0", "eval_batch_size=2"]
     if args[0] == "pretrain" and "--config" not in args:  # --resume RUN: its own config; one more step
         args += ["train.max_steps=2"]
     elif args[0] == "pretrain" and "--print-config" not in args:
@@ -95,7 +97,8 @@ def test_readme_commands_run_in_order_after_the_demo(tmp_path, monkeypatch, caps
             ran.append(argv[0] if argv[0] != "eval" else f"eval {argv[1]}")
     assert {"pretrain", "discover", "eval objects", "eval video", "eval knn", "eval linear", "eval foreground",
             "eval linear-seg", "eval retrieval", "eval overcluster", "eval corloc",
-            "export", "make-data", "shard", "--help"} <= set(ran), ran
+            "export", "make-data", "shard", "transfer", "--help"} <= set(ran), ran
+    assert ran.count("transfer") == 2 and (tmp_path / "out/detect.json").exists() and (tmp_path / "out/segment.json").exists()
     assert ran.count("export") == 4 and ran.count("discover") == 2
     assert (tmp_path / "out/photos/discover.json").exists() and (tmp_path / "out/random/discover.json").exists()
     assert (tmp_path / "runs/r2o_laptop/checkpoints").is_dir()  # the README's own run, beside the demo's
