@@ -17,9 +17,9 @@ from torch import nn
 from discorep.engine.distributed import DistInfo
 from discorep.transfer.config import TransferConfig
 from discorep.transfer.data import DetectionSet, check_same_categories, detection_collate
-from discorep.transfer.loop import ShardSampler
+from discorep.transfer import loop
 from discorep.transfer.models import maskrcnn
-from discorep.transfer.scoring import DETECTION_METRICS, coco_scores, to_coco_results
+from discorep.transfer.scoring import coco_scores, to_coco_results
 
 log = logging.getLogger("discorep")
 
@@ -49,17 +49,11 @@ def build_model(cfg: TransferConfig, backbone, num_classes: int) -> nn.Module:
 
 
 def train_loader(dataset: DetectionSet, cfg: TransferConfig, dist_info: DistInfo, seed: int, start: int):
-    per_rank = cfg.solver.batch_size // dist_info.world_size
-    sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size, seed, start * per_rank)
-
     def collate(items):
         images, targets, dropped = detection_collate(items)
         return ((images, targets) if images else None), dropped
 
-    g = torch.Generator().manual_seed(seed * 1009 + dist_info.rank + start)  # workers' flips
-    return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=collate,
-                                       num_workers=cfg.solver.workers, generator=g,
-                                       persistent_workers=cfg.solver.workers > 0)
+    return loop.train_loader(dataset, cfg, dist_info, seed, start, collate)
 
 
 def loss_fn(device: torch.device):
@@ -83,7 +77,7 @@ def evaluate(model: nn.Module, val_set: DetectionSet, cfg: TransferConfig, dist_
     mine = list(range(dist_info.rank, len(val_set), dist_info.world_size))
     results, unreadable = [], 0
     bs = cfg.eval_batch_size
-    bar = _bar(progress and dist_info.is_main, len(mine))
+    bar = loop.progress_bar(progress and dist_info.is_main, len(mine), "evaluate", unit="img", leave=False)
     for start in range(0, len(mine), bs):
         items = [val_set[i] for i in mine[start:start + bs]]
         images, targets, dropped = detection_collate(items)
@@ -112,15 +106,3 @@ def evaluate(model: nn.Module, val_set: DetectionSet, cfg: TransferConfig, dist_
     scores["detections"] = len(results)
     return scores
 
-
-def metric_names(cfg: TransferConfig) -> dict[str, tuple[str, ...]]:
-    kinds = ("bbox", "segm") if cfg.model.masks else ("bbox",)
-    return {k: DETECTION_METRICS for k in kinds}
-
-
-def _bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", dynamic_ncols=True, desc="evaluate", disable=None, leave=False)

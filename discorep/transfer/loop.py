@@ -176,7 +176,7 @@ class Fitter:
             start: int, desc: str) -> FitResult:
         s, main = self.cfg.solver, self.dist.is_main
         params = [p for p in model.parameters() if p.requires_grad]
-        bar = _bar(main, start, s.iters, desc)
+        bar = progress_bar(main, s.iters, desc, start=start)
         it, skipped, last, began = start, 0, math.nan, time.time()
         try:
             with interrupt_on_sigterm():
@@ -228,12 +228,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _bar(enabled: bool, start: int, end: int, desc: str):
+def progress_bar(enabled: bool, total: int, desc: str, *, start: int = 0, unit: str = "it", leave: bool = True):
+    """rank 0's bar (None elsewhere); none either when stdout is not a terminal (logs stay clean)."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=end, initial=start, unit="it", dynamic_ncols=True, desc=desc, disable=None)
+    return tqdm(total=total, initial=start, unit=unit, dynamic_ncols=True, desc=desc, disable=None, leave=leave)
+
+
+def train_loader(dataset, cfg: TransferConfig, dist_info: DistInfo, seed: int, start: int, collate: Callable):
+    """This rank's endless loader: its share of the global batch from `ShardSampler`, continuing after
+    `start` iterations; `collate(items) -> (batch or None, images dropped)`. The workers' random numbers
+    (flips, crops) come from a generator seeded by the seed, the rank and the start."""
+    per_rank = cfg.solver.batch_size // dist_info.world_size
+    sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size, seed, start * per_rank)
+    g = torch.Generator().manual_seed(seed * 1009 + dist_info.rank + start)
+    return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=collate,
+                                       num_workers=cfg.solver.workers, generator=g,
+                                       persistent_workers=cfg.solver.workers > 0)
 
 
 def endless_batches(loader) -> Iterator[tuple[object, int]]:

@@ -18,7 +18,7 @@ from discorep.engine.distributed import DistInfo
 from discorep.eval.dense_metrics import confusion
 from discorep.transfer.config import TransferConfig
 from discorep.transfer.data import IGNORE, SegmentationSet, segmentation_collate
-from discorep.transfer.loop import ShardSampler
+from discorep.transfer import loop
 from discorep.transfer.models import segmenter
 from discorep.transfer.scoring import segmentation_scores
 
@@ -36,17 +36,11 @@ def build_model(cfg: TransferConfig, backbone, num_classes: int) -> nn.Module:
 
 
 def train_loader(dataset: SegmentationSet, cfg: TransferConfig, dist_info: DistInfo, seed: int, start: int):
-    per_rank = cfg.solver.batch_size // dist_info.world_size
-    sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size, seed, start * per_rank)
-
     def collate(items):
         kept = [x for x in items if x is not None]
         return (segmentation_collate(kept) if kept else None), len(items) - len(kept)
 
-    g = torch.Generator().manual_seed(seed * 1009 + dist_info.rank + start)
-    return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=collate,
-                                       num_workers=cfg.solver.workers, generator=g,
-                                       persistent_workers=cfg.solver.workers > 0)
+    return loop.train_loader(dataset, cfg, dist_info, seed, start, collate)
 
 
 def loss_fn(device: torch.device):
@@ -67,7 +61,7 @@ def evaluate(model: nn.Module, val_set: SegmentationSet, cfg: TransferConfig, di
     c = val_set.num_classes
     conf = np.zeros((c, c), np.int64)
     mine = list(range(dist_info.rank, len(val_set), dist_info.world_size))
-    bar = _bar(progress and dist_info.is_main, len(mine))
+    bar = loop.progress_bar(progress and dist_info.is_main, len(mine), "evaluate", unit="img", leave=False)
     unreadable = 0
     for i in mine:
         item = val_set[i]
@@ -95,10 +89,3 @@ def evaluate(model: nn.Module, val_set: SegmentationSet, cfg: TransferConfig, di
     scores["unreadable_val_images"] = int(packed[-1].item())
     return scores
 
-
-def _bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", dynamic_ncols=True, desc="evaluate", disable=None, leave=False)
