@@ -15,3 +15,13 @@ def quiet_worker() -> None:
     """`ProcessPoolExecutor(initializer=...)`: SIGINT ignored, SIGTERM back to the default (exit at once)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def loader_worker(worker_id: int) -> None:
+    """`DataLoader(worker_init_fn=...)`: SIGINT and SIGTERM ignored. A scheduler's SIGTERM (Slurm's scancel,
+    preemption) and a terminal's Ctrl-C reach every process of the group; a loader worker killed first made
+    the DataLoader raise "worker killed by signal" in the main process before it could write its
+    checkpoint. The main process alone handles them (checkpoint, one line, exit 130 / 143) and shuts its
+    workers down (they also exit when it dies: torch's worker watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from discorep.data.datasets import CocoDataset, ImageFolder
+from discorep.data.pool import loader_worker
 from discorep.data.pretrain import (
     PretrainDataset,
     ResumableBatchSampler,
@@ -128,6 +129,7 @@ def build_loader(cfg: Config, dataset: PretrainDataset, dist: DistInfo, start_st
     workers = cfg.data.num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_views,
                         pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0,
+                        worker_init_fn=loader_worker,  # signals are the main process's (data/pool.py)
                         prefetch_factor=4 if workers > 0 else None)
     return loader, sampler
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from discorep.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from discorep.data.pool import loader_worker
 from discorep.engine.configio import to_dict
 from discorep.engine.distributed import DistInfo
 from discorep.engine.startup import interrupt_on_sigterm
@@ -245,8 +246,9 @@ def train_loader(dataset, cfg: TransferConfig, dist_info: DistInfo, seed: int, s
     sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size, seed, start * per_rank)
     g = torch.Generator().manual_seed(seed * 1009 + dist_info.rank + start)
     return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=collate,
-                                       num_workers=cfg.solver.workers, generator=g,
+                                       num_workers=cfg.solver.workers, generator=g, worker_init_fn=loader_worker,
                                        persistent_workers=cfg.solver.workers > 0)
+
 
 
 def endless_batches(loader) -> Iterator[tuple[object, int]]:

@@ -18,11 +18,13 @@ from discorep.engine.configio import save_config
 from tests.helpers import steps_logged, tiny_config
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_a_checkpoint_exits_128_plus_signal_and_resume_finishes(outcome, sig, tmp_path):
+# "group": SIGTERM to every process, loader workers included, as Slurm's scancel and preemption send it;
+# the workers must leave it to the main process, which checkpoints.
+@pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGTERM, True)])
+def test_a_signal_saves_a_checkpoint_exits_128_plus_signal_and_resume_finishes(outcome, sig, group, tmp_path):
     make_scenes(tmp_path / "scenes", 16, seed=3, image_size=(96, 96))
     cfg = tiny_config("byol", tmp_path / "scenes" / "images", tmp_path / "runs",
-                      {"train": {"epochs": 25, "checkpoint_every": 1000}})
+                      {"train": {"epochs": 25, "checkpoint_every": 1000}, "data": {"num_workers": 1 if group else 0}})
     config = save_config(cfg, tmp_path / "cfg.yaml")
     cmd = [sys.executable, "-m", "discorep.cli", "pretrain", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,7 +36,7 @@ def test_a_signal_saves_a_checkpoint_exits_128_plus_signal_and_resume_finishes(o
     deadline = time.time() + 120
     while steps_logged(run_dir) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    if sig == signal.SIGINT:
+    if group:
         os.killpg(proc.pid, sig)
     else:
         proc.send_signal(sig)
@@ -52,5 +54,6 @@ def test_a_signal_saves_a_checkpoint_exits_128_plus_signal_and_resume_finishes(o
     assert done.returncode == 0, done.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, stopped_at + 3))
-    outcome("fault", f"{sig.name} mid-run" + (" (preemption)" if sig == signal.SIGTERM else " (Ctrl-C)"),
+    outcome("fault", f"{sig.name} mid-run" + (" (preemption" + (", every process)" if group else ")")
+                                              if sig == signal.SIGTERM else " (Ctrl-C)"),
             f"checkpoint written, exit {128 + sig}, resume finishes")
