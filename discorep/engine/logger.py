@@ -77,11 +77,12 @@ class ExpectedDuration:
         return self.message
 
 
-def progress_bar(enabled: bool, start: int, end: int):
-    """The pretraining progress bar (rank 0), or None."""
+def progress_bar(enabled: bool, start: int, end: int, *, desc: str = "pretrain", unit: str = "step",
+                 leave: bool = True):
+    """A progress bar on rank 0 (pretraining's by default; transfer's loop and evaluation too), or None."""
     if not enabled:
         return None
     from tqdm import tqdm
 
     # disable=None: no bar when stdout is not a terminal (logs stay free of progress-bar debris)
-    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc="pretrain", disable=None)
+    return tqdm(total=end, initial=start, unit=unit, dynamic_ncols=True, desc=desc, disable=None, leave=leave)

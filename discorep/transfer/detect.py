@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from discorep.engine.distributed import DistInfo
+from discorep.engine.logger import progress_bar
 from discorep.transfer.config import TransferConfig
 from discorep.transfer.data import DetectionSet, check_same_categories, detection_collate
 from discorep.transfer import loop
@@ -77,7 +78,7 @@ def evaluate(model: nn.Module, val_set: DetectionSet, cfg: TransferConfig, dist_
     mine = list(range(dist_info.rank, len(val_set), dist_info.world_size))
     results, unreadable = [], 0
     bs = cfg.eval_batch_size
-    bar = loop.progress_bar(progress and dist_info.is_main, len(mine), "evaluate", unit="img", leave=False)
+    bar = progress_bar(progress and dist_info.is_main, 0, len(mine), desc="evaluate", unit="img", leave=False)
     for start in range(0, len(mine), bs):
         items = [val_set[i] for i in mine[start:start + bs]]
         images, targets, dropped = detection_collate(items)

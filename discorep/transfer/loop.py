@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from discorep.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from discorep.data.pool import loader_worker
-from discorep.engine.configio import to_dict
+from discorep.engine.configio import diff_configs, to_dict
 from discorep.engine.distributed import DistInfo
+from discorep.engine.logger import progress_bar
 from discorep.engine.startup import interrupt_on_sigterm
 from discorep.errors import CheckpointError, Interrupted, NonFiniteLossError, UsageError
 from discorep.transfer.config import SolverSettings, TransferConfig
@@ -95,16 +96,9 @@ def _latest(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        name = f"{prefix}{k}"
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += _differences(a[k], b[k], f"{name}.")
-        elif a.get(k) != b.get(k) and name not in RESUME_FREE:
-            out.append(name)
-    return out
+def _differences(a: dict, b: dict) -> list[str]:
+    """Dotted settings keys that differ, except those free to change on resume."""
+    return [key for key, _, _ in diff_configs(a, b) if key not in RESUME_FREE]
 
 
 def _save(run_dir: Path, it: int, model: nn.Module, opt: torch.optim.Optimizer, meta: dict, keep: int = 2) -> Path:
@@ -123,7 +117,7 @@ class Fitter:
     batch whose images were all unreadable)."""
 
     def __init__(self, cfg: TransferConfig, run_dir: Path, dist_info: DistInfo, meta: dict) -> None:
-        self.cfg, self.run_dir, self.dist, self.meta = cfg, Path(run_dir), dist_info, meta
+        self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist_info
         self.meta = {**meta, "settings": to_dict(cfg)}
 
     def resume_point(self, model: nn.Module, opt: torch.optim.Optimizer, resume: bool) -> int:
@@ -177,7 +171,7 @@ class Fitter:
             start: int, desc: str) -> FitResult:
         s, main = self.cfg.solver, self.dist.is_main
         params = [p for p in model.parameters() if p.requires_grad]
-        bar = progress_bar(main, s.iters, desc, start=start)
+        bar = progress_bar(main, start, s.iters, desc=desc, unit="it")
         it, skipped, last, began = start, 0, math.nan, time.time()
         try:
             with interrupt_on_sigterm():
@@ -227,15 +221,6 @@ class Fitter:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def progress_bar(enabled: bool, total: int, desc: str, *, start: int = 0, unit: str = "it", leave: bool = True):
-    """rank 0's bar (None elsewhere); none either when stdout is not a terminal (logs stay clean)."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, unit=unit, dynamic_ncols=True, desc=desc, disable=None, leave=leave)
 
 
 def train_loader(dataset, cfg: TransferConfig, dist_info: DistInfo, seed: int, start: int, collate: Callable):

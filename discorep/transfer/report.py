@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from discorep.eval.report import print_table
+
 HEADLINE = {"bbox": ("AP", "AP50", "AP75"), "segm": ("AP", "AP50", "AP75")}
 
 
@@ -36,14 +38,11 @@ def _signed(v) -> str:
 def print_result(result: dict, out: Path) -> None:
     s = result["settings"]
     base = result.get("baseline")
-    print(f"transfer {s['task']} ({s['preset']}, {s['seeds']} seed(s), {s['world_size']} process(es), "
-          f"norm {s['config']['model']['norm']}, lr {s['lr']:.3g}): percent")
-    header = ("metric", s["checkpoint"] if len(s["checkpoint"]) < 40 else "checkpoint",
-              base["checkpoint"] if base else "baseline", "difference")
-    table = [header, *rows(result)]
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    title = (f"transfer {s['task']} ({s['preset']}, {s['seeds']} seed(s), {s['world_size']} process(es), "
+             f"norm {s['config']['model']['norm']}, lr {s['lr']:.3g}): percent")
+    columns = ("metric", s["checkpoint"] if len(s["checkpoint"]) < 40 else "checkpoint",
+               base["checkpoint"] if base else "baseline", "difference")
+    print_table(title, [dict(zip(columns, r)) for r in rows(result)], columns)  # the evals' table
     if base is None:
         print("no baseline (--baseline none): these numbers stand alone")
     print(f"wrote {out}")

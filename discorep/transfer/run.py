@@ -20,6 +20,7 @@ from discorep.engine.configio import to_dict
 from discorep.engine.distributed import DistInfo, init_distributed, shutdown
 from discorep.engine.startup import seed_rngs
 from discorep.errors import UsageError
+from discorep.eval.report import json_safe
 from discorep.fileio import atomic_write
 from discorep.transfer import detect, segment
 from discorep.transfer.config import TransferConfig
@@ -64,15 +65,7 @@ def _run_key(cfg: TransferConfig, backbone_source: str, inputs: Inputs, seed: in
 
 def _json(data) -> bytes:
     """Strict JSON: a score COCOeval cannot define (NaN, e.g. APl without large objects) is null."""
-    return json.dumps(_nan_to_none(data), indent=1, allow_nan=False).encode()
-
-
-def _nan_to_none(v):
-    if isinstance(v, dict):
-        return {k: _nan_to_none(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_nan_to_none(x) for x in v]
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+    return json.dumps(json_safe(data), indent=1, allow_nan=False).encode()
 
 
 def _file_id(path: str | None):
@@ -118,7 +111,7 @@ def fine_tune(task: str, cfg: TransferConfig, backbone_spec: str, inputs: Inputs
               "run_dir": str(run_dir)}
     if dist_info.is_main:
         atomic_write(done, _json(record))
-    return _nan_to_none(record)  # as a cached run reads back
+    return json_safe(record)  # as a cached run reads back
 
 
 def summarise(records: list[dict]) -> dict:
@@ -181,7 +174,7 @@ def run_transfer(task: str, cfg: TransferConfig, checkpoint: str, inputs: Inputs
         sets = mod.open_sets(inputs.train, inputs.val, inputs.train_images, inputs.val_images, cfg)
         ours = [fine_tune(task, cfg, checkpoint, inputs, sets, s, work_dir, dist_info, resume, progress)
                 for s in range(seeds)]
-        baseline_spec = f"random:{load_backbone(checkpoint).arch}"
+        baseline_spec = f"random:{ours[0]['transferred']['arch']}"
         # the baseline itself needs no baseline; another random draw (random:<arch>:<seed>) gets one
         base = ([fine_tune(task, cfg, baseline_spec, inputs, sets, s, work_dir, dist_info, resume, progress)
                  for s in range(seeds)] if baseline and checkpoint != baseline_spec else [])

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from discorep.engine.distributed import DistInfo
+from discorep.engine.logger import progress_bar
 from discorep.eval.dense_metrics import confusion
 from discorep.transfer.config import TransferConfig
 from discorep.transfer.data import IGNORE, SegmentationSet, segmentation_collate
@@ -61,7 +62,7 @@ def evaluate(model: nn.Module, val_set: SegmentationSet, cfg: TransferConfig, di
     c = val_set.num_classes
     conf = np.zeros((c, c), np.int64)
     mine = list(range(dist_info.rank, len(val_set), dist_info.world_size))
-    bar = loop.progress_bar(progress and dist_info.is_main, len(mine), "evaluate", unit="img", leave=False)
+    bar = progress_bar(progress and dist_info.is_main, 0, len(mine), desc="evaluate", unit="img", leave=False)
     unreadable = 0
     for i in mine:
         item = val_set[i]
@@ -71,9 +72,7 @@ def evaluate(model: nn.Module, val_set: SegmentationSet, cfg: TransferConfig, di
         image, labels = item
         logits = net(image[None].to(dist_info.device))[0]
         pred = logits.argmax(0).cpu().numpy()
-        labels = labels.numpy()
-        valid = labels != IGNORE
-        conf += confusion(pred[valid], labels[valid], c, c)
+        conf += confusion(pred, labels.numpy(), c, c)  # ignore pixels (IGNORE = -1) are not counted
         if bar is not None:
             bar.update(1)
     if bar is not None:
